@@ -1,0 +1,1 @@
+"""vaepipe: the library behind the DVC stages (data, models, objective, training, params)."""
