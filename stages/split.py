@@ -1,0 +1,51 @@
+"""DVC stage ``split``: hold out a seeded validation split and save train/val/test arrays.
+
+    python stages/split.py --raw data/raw/<dataset> --out data/processed/<dataset>
+
+Writes ``train.npz``, ``val.npz``, ``test.npz`` and ``manifest.json`` (see
+:func:`vaepipe.data.write_split`). Exit codes: 0 done, 1 unreadable raw data, 2 bad params or
+arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# `python stages/split.py` puts stages/ on sys.path, not the project root with vaepipe/
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vaepipe.config import ConfigError, load_params  # noqa: E402
+from vaepipe.data import DataError, write_split  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage; returns the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", required=True, type=Path, help="directory of the raw files")
+    parser.add_argument("--out", required=True, type=Path, help="directory for the splits")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params("params.yaml")
+    except ConfigError as exc:
+        print(f"params.yaml: {exc}", file=sys.stderr)
+        return 2
+    data = params.data
+    try:
+        manifest = write_split(args.raw, args.out, data.dataset, data.val_fraction,
+                               data.split_seed)
+    except (DataError, ValueError, OSError) as exc:
+        # DataFormatError names the bad file; ValueError: a split left empty by val_fraction;
+        # OSError: a missing raw file (run the download stage first)
+        print(f"split failed: {exc}", file=sys.stderr)
+        return 1
+    counts = manifest["counts"]
+    print(f"{data.dataset}: train {counts['train']}, val {counts['val']}, "
+          f"test {counts['test']} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

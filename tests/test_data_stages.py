@@ -1,0 +1,152 @@
+"""The download/split stage scripts, a real `dvc repro` on a tiny mirror, and the real data."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import fakedata
+from vaepipe import data
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+
+def run_stage(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python stages/<script> <args>`` of this checkout with ``cwd`` as project root."""
+    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_params(directory: Path, **data_section: object) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"].update(data_section)
+    (directory / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("script,args,key,value", [
+    ("download.py", ["--out", "raw"], "data.dataset", "svhn"),
+    ("download.py", ["--out", "raw"], "data.mirror", 3),
+    ("split.py", ["--raw", "raw", "--out", "out"], "data.val_fraction", 1.5),
+    ("split.py", ["--raw", "raw", "--out", "out"], "data.split_seed", -1),
+])
+def test_bad_params_exit_2_naming_the_key(tmp_path, script, args, key, value) -> None:
+    write_params(tmp_path, **{key.split(".")[1]: value})
+    proc = run_stage(script, *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert key in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no work done
+
+
+def load_stage(script: str):
+    """Import a stage script as a module (its ``main`` is not run on import)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{script[:-3]}",
+                                                  REPO_ROOT / "stages" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_stage_reports_missing_raw_data_with_exit_1(tmp_path) -> None:
+    write_params(tmp_path)
+    proc = run_stage("split.py", "--raw", "raw", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "split failed: raw: no such directory; run the download stage first" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_stage_reports_failure_with_exit_1(tmp_path, monkeypatch, capsys) -> None:
+    # keep the download local: the official URL becomes a port where nothing listens
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    spec = dataclasses.replace(data.FASHION_MNIST, base_urls=(refused,),
+                               standard_dir=str(tmp_path / "no-std"))
+    monkeypatch.setitem(data.DATASETS, "fashion-mnist", spec)
+    write_params(tmp_path, mirror=str(tmp_path / "no-mirror"))
+    monkeypatch.chdir(tmp_path)
+    assert load_stage("download.py").main(["--out", "data/raw/fashion-mnist"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("download failed: could not get verified fashion-mnist raw files")
+    for place in ("no-mirror", "no-std", refused):
+        assert place in err
+    assert not (tmp_path / "data/raw/fashion-mnist").exists()
+
+
+def test_stage_scripts_do_nothing_on_import() -> None:
+    for script in ("download.py", "split.py"):
+        assert callable(load_stage(script).main)
+
+
+def test_dvc_repro_on_a_tiny_mirror(dvc_project) -> None:
+    project = dvc_project(n_train=200, n_test=50)
+    out = "data/processed/fashion-mnist"
+
+    first = project.dvc("repro", "split")
+    assert "Running stage 'download'" in first.stdout
+    assert "Running stage 'split'" in first.stdout
+    manifest = project.read_json(f"{out}/manifest.json")
+    assert manifest["counts"] == {"train": 180, "val": 20, "test": 50}
+    raw = project.root / "data/raw/fashion-mnist"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(fakedata.IDX_FILES)
+
+    again = project.dvc("repro", "split")
+    assert "Running stage" not in again.stdout
+    assert "didn't change, skipping" in again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+    status = project.dvc("status", "split")
+    assert "Data and pipelines are up to date" in status.stdout
+
+    table = project.dvc("metrics", "show").stdout
+    assert all(f"counts.{name}" in table for name in ("train", "val", "test"))
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    manifest_metrics = shown[""]["data"][f"{out}/manifest.json"]["data"]
+    assert manifest_metrics["counts"] == {"train": 180, "val": 20, "test": 50}
+
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "first repro")
+    exp = project.dvc("exp", "run", "-S", "data.val_fraction=0.2", "split")
+    assert "Stage 'download' didn't change, skipping" in exp.stdout
+    assert "Running stage 'split'" in exp.stdout
+    manifest = project.read_json(f"{out}/manifest.json")
+    assert manifest["counts"] == {"train": 160, "val": 40, "test": 50}
+    assert manifest["params"] == {"val_fraction": 0.2, "split_seed": 42}
+    images, labels = data.load_split(project.root / out, "val")
+    assert images.shape == (40, 1, 28, 28) and labels.dtype == np.int64
+
+
+def test_dvc_repro_cifar10_from_a_tarball_mirror(dvc_project) -> None:
+    project = dvc_project({"data": {"dataset": "cifar10", "val_fraction": 0.25}}, n_per_batch=8)
+    project.dvc("repro", "split")
+    manifest = project.read_json("data/processed/cifar10/manifest.json")
+    assert manifest["counts"] == {"train": 30, "val": 10, "test": 8}
+    assert manifest["image_shape"] == [3, 32, 32]
+    images, _ = data.load_split(project.root / "data/processed/cifar10", "train")
+    assert images.shape == (30, 3, 32, 32)
+
+
+@pytest.mark.skipif(not REAL_FASHION.is_dir(),
+                    reason=f"{REAL_FASHION} absent (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_download_and_split(tmp_path) -> None:
+    raw, out = tmp_path / "raw" / "fashion-mnist", tmp_path / "processed"
+    used = data.fetch_raw("fashion-mnist", raw, None, standard_dirs=None, base_urls=())
+    assert used == f"standard directory {REAL_FASHION}"
+    assert {p.name: fakedata.md5_file(p) for p in raw.iterdir()} == FASHION_MD5
+    manifest = data.write_split(raw, out, "fashion-mnist", 0.1, 42)
+    assert manifest["counts"] == {"train": 54000, "val": 6000, "test": 10000}
+    assert manifest["class_counts"]["test"] == {str(c): 1000 for c in range(10)}
+    assert sum(manifest["class_counts"]["val"].values()) == 6000
