@@ -1,0 +1,178 @@
+"""VAE models behind one small interface, and a registry that rebuilds them from checkpoints.
+
+Every model maps images (B, C, H, W) in [0, 1] to a diagonal Gaussian posterior and decodes
+latents back to per-pixel *logits* (B, C, H, W); the likelihood in :mod:`vaepipe.objective`
+turns logits into a Bernoulli or Gaussian reconstruction term.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class VAE(nn.Module):
+    """Base class: ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits``, ``forward``.
+
+    Subclasses set ``image_shape`` and ``latent_dim`` and implement ``encode`` / ``decode``;
+    ``model_args`` holds the constructor arguments, so a checkpoint can rebuild the model.
+    """
+
+    kind: str = ""
+    image_shape: tuple[int, int, int]
+    latent_dim: int
+    model_args: dict
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps with eps ~ N(0, I); differentiable in mu and logvar."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar
+
+
+def _activation(name: str, negative_slope: float) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    raise ValueError(f"activation must be relu or leaky_relu, got {name!r}")
+
+
+class MLPVAE(VAE):
+    """Fully connected VAE: D -> hidden... -> (mu, logvar) in R^z -> reversed hidden -> D."""
+
+    kind = "mlp"
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 32,
+                 hidden: tuple[int, ...] = (512, 256), activation: str = "leaky_relu",
+                 negative_slope: float = 0.2):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
+                           "hidden": list(hidden), "activation": activation,
+                           "negative_slope": negative_slope}
+        d = math.prod(image_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = d
+        for h in hidden:
+            layers += [nn.Linear(prev, h), _activation(activation, negative_slope)]
+            prev = h
+        self.encoder = nn.Sequential(*layers)
+        self.fc_mu = nn.Linear(prev, latent_dim)
+        self.fc_logvar = nn.Linear(prev, latent_dim)
+        layers = []
+        prev = latent_dim
+        for h in reversed(hidden):
+            layers += [nn.Linear(prev, h), _activation(activation, negative_slope)]
+            prev = h
+        layers += [nn.Linear(prev, d), nn.Unflatten(1, self.image_shape)]
+        self.decoder = nn.Sequential(*layers)
+
+    def encode(self, x):
+        h = self.encoder(x)  # (B, hidden[-1])
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z):
+        return self.decoder(z)  # (B, C, H, W) logits
+
+
+def conv_output_sizes(size: int, n_layers: int) -> list[int]:
+    """Spatial sizes after each 3x3, stride-2, padding-1 convolution: s -> ceil(s / 2)."""
+    sizes = [size]
+    for _ in range(n_layers):
+        sizes.append((sizes[-1] - 1) // 2 + 1)
+    return sizes
+
+
+class ConvVAE(VAE):
+    """Convolutional VAE: [3x3 stride-2 conv, BatchNorm, ReLU] per channel count, linear heads.
+
+    The decoder mirrors the encoder with 3x3 stride-2 transposed convolutions whose
+    ``output_padding`` is chosen per layer so every intermediate size matches the encoder's
+    exactly; 1x28x28 (28 -> 14 -> 7) and 3x32x32 (32 -> 16 -> 8 -> 4) both round-trip.
+    """
+
+    kind = "conv"
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 16,
+                 channels: tuple[int, ...] = (32, 64)):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
+                           "channels": list(channels)}
+        c_in, height, width = image_shape
+        hs = conv_output_sizes(height, len(channels))
+        ws = conv_output_sizes(width, len(channels))
+        self._bottleneck = (channels[-1], hs[-1], ws[-1])
+        flat = math.prod(self._bottleneck)
+
+        enc: list[nn.Module] = []
+        prev = c_in
+        for c in channels:
+            enc += [nn.Conv2d(prev, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+            prev = c
+        enc.append(nn.Flatten())
+        self.encoder = nn.Sequential(*enc)
+        self.fc_mu = nn.Linear(flat, latent_dim)
+        self.fc_logvar = nn.Linear(flat, latent_dim)
+
+        dec: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.Unflatten(1, self._bottleneck)]
+        outs = list(reversed([c_in, *channels[:-1]]))  # channel counts after each deconv
+        for i, c_out in enumerate(outs):
+            level = len(channels) - i  # decoding from sizes[level] to sizes[level - 1]
+            # A stride-2 3x3 transposed conv maps s -> 2s - 1 + output_padding.
+            pad = (hs[level - 1] - (2 * hs[level] - 1), ws[level - 1] - (2 * ws[level] - 1))
+            dec.append(nn.ConvTranspose2d(prev, c_out, 3, stride=2, padding=1,
+                                          output_padding=pad))
+            if i < len(outs) - 1:  # the last layer emits logits: no norm, no activation
+                dec += [nn.BatchNorm2d(c_out), nn.ReLU()]
+            prev = c_out
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x):
+        h = self.encoder(x)  # (B, C_last * h * w)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z):
+        return self.decoder(z)  # (B, C, H, W) logits
+
+
+MODELS: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE}
+
+
+def model_args(kind: str, section) -> dict:
+    """Constructor arguments (besides ``image_shape``) from a params section (mlp / conv)."""
+    if kind == "mlp":
+        return {"latent_dim": section.latent_dim, "hidden": section.hidden,
+                "activation": section.activation, "negative_slope": section.negative_slope}
+    if kind == "conv":
+        return {"latent_dim": section.latent_dim, "channels": section.channels}
+    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+
+
+def build_model(kind: str, **model_args) -> VAE:
+    """Instantiate a registered model kind from its constructor arguments."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+    if "image_shape" in model_args:
+        model_args = {**model_args, "image_shape": tuple(model_args["image_shape"])}
+    for key in ("hidden", "channels"):
+        if key in model_args:
+            model_args[key] = tuple(model_args[key])
+    return MODELS[kind](**model_args)
