@@ -1,0 +1,64 @@
+"""DVC stages train-mlp and train-conv: train one VAE kind on the split's train/val arrays.
+
+    python stages/train.py --model mlp --data data/processed/fashion-mnist \
+        --checkpoints models/mlp --metrics reports/train/mlp.json \
+        --history reports/train/mlp_history.csv
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from vaepipe.config import ConfigError, load_params, to_dict  # noqa: E402
+from vaepipe.data import load_split  # noqa: E402
+from vaepipe.io import write_json  # noqa: E402
+from vaepipe.models import MODELS, build_model, model_args  # noqa: E402
+from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,  # noqa: E402
+                              summarize, write_history)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train one VAE (a DVC stage).")
+    ap.add_argument("--model", required=True, choices=sorted(MODELS))
+    ap.add_argument("--data", required=True, type=Path, help="directory of train/val .npz")
+    ap.add_argument("--checkpoints", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path)
+    ap.add_argument("--history", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        device = resolve_device(params.device)
+        train_x, _ = load_split(args.data, "train")
+        val_x, _ = load_split(args.data, "val")
+    except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    section = getattr(params, args.model)
+    torch.manual_seed(params.seed)
+    model = build_model(args.model, image_shape=tuple(train_x.shape[1:]),
+                        **model_args(args.model, section))
+    meta = {"params": {"seed": params.seed, "beta": params.beta, "device": params.device,
+                       "data": to_dict(params.data), args.model: to_dict(section)}}
+    try:
+        result = fit(model, train_x, val_x, section, params.beta, params.seed, device,
+                     checkpoint_dir=args.checkpoints, meta=meta,
+                     dequantize=params.data.dequantize)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write_history(args.history, result)
+    write_json(args.metrics, summarize(result, device, model))
+    print(f"{args.model}: best epoch {result.best_epoch}, validation NELBO "
+          f"{result.best['val_nelbo']:.2f} nats, {result.train_seconds:.0f} s on {device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""train-mlp and train-conv through real DVC on tiny generated data."""
+import csv
+
+import pytest
+import torch
+
+from vaepipe.training import load_checkpoint
+
+TINY = {
+    "mlp": {"epochs": 2, "hidden": [32], "latent_dim": 4, "warmup_epochs": 2, "batch_size": 64},
+    "conv": {"epochs": 1, "channels": [4, 8], "latent_dim": 4, "batch_size": 64},
+}
+HISTORY_COLUMNS = ["epoch", "beta", "train_loss", "train_recon", "train_kl", "val_loss",
+                   "val_recon", "val_kl", "val_nelbo", "seconds", "images_per_second"]
+
+
+def test_train_stages_repro_outputs_and_experiment(dvc_project):
+    project = dvc_project(TINY)
+    first = project.dvc("repro", "train-mlp", "train-conv")
+    assert "Running stage 'train-mlp'" in first.stdout
+    assert "Running stage 'train-conv'" in first.stdout
+
+    for kind, epochs in (("mlp", 2), ("conv", 1)):
+        for name in ("epoch_01", "best", "final"):
+            model, ckpt = load_checkpoint(project.root / f"models/{kind}/{name}.pt")
+            assert ckpt["kind"] == kind and ckpt["params"]["beta"] == 1.0
+            assert ckpt["params"]["data"]["dataset"] == "fashion-mnist"
+            assert model.decode(torch.zeros(2, 4)).shape == (2, 1, 28, 28)
+        metrics = project.read_json(f"reports/train/{kind}.json")
+        assert metrics["epochs"] == epochs and 1 <= metrics["best_epoch"] <= epochs
+        assert metrics["best_val_nelbo"] == pytest.approx(
+            metrics["best_val_recon"] + metrics["best_val_kl"])
+        assert metrics["device"].startswith("cpu") and metrics["images_per_second"] > 0
+        with open(project.root / f"reports/train/{kind}_history.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert list(rows[0]) == HISTORY_COLUMNS and len(rows) == epochs
+    with open(project.root / "reports/train/mlp_history.csv") as fh:
+        assert [float(r["beta"]) for r in csv.DictReader(fh)] == [0.5, 1.0]  # warm-up of 2
+
+    again = project.dvc("repro")
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+    assert "up to date" in project.dvc("status").stdout
+
+    shown = project.dvc("metrics", "show").stdout
+    assert "reports/train/mlp.json" in shown and "best_val_nelbo" in shown
+    plots = project.dvc("plots", "show", "--json").stdout
+    assert "reports/train/mlp_history.csv" in plots and "reports/train/conv_history.csv" in plots
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "baseline")
+
+    exp = project.dvc("exp", "run", "-S", "beta=0.5")
+    assert "Running stage 'train-mlp'" in exp.stdout
+    assert "Running stage 'train-conv'" in exp.stdout
+    assert "Running stage 'download'" not in exp.stdout
+    assert "Running stage 'split'" not in exp.stdout
+    _, ckpt = load_checkpoint(project.root / "models/conv/final.pt")
+    assert ckpt["params"]["beta"] == 0.5
+    diff = project.dvc("metrics", "diff").stdout
+    assert "reports/train/conv.json" in diff and "best_val_loss" in diff
+
+
+def test_bad_device_stops_before_training(dvc_project):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present, so device: cuda is valid here")
+    project = dvc_project({**TINY, "device": "cuda"})
+    proc = project.dvc("repro", "train-conv", check=False)
+    assert proc.returncode != 0
+    assert "device 'cuda' was requested (params.yaml: device) but is not available" in (
+        proc.stdout + proc.stderr)
+    assert not (project.root / "models/conv/best.pt").exists()
