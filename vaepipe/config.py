@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +101,7 @@ class Params:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+_PLURAL = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
 
 
 def _range_text(meta: Mapping[str, Any]) -> str:
@@ -152,7 +151,7 @@ def _check_field(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         return None if value is None else _check_field(key, value, inner, meta)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list of {_type_name(args[0])}s, got {value!r}")
+            raise ConfigError(f"{key} must be a list of {_PLURAL[args[0]]}, got {value!r}")
         if len(value) < meta.get("min_len", 0):
             raise ConfigError(f"{key} must list at least {meta['min_len']} value(s), got {value!r}")
         return tuple(_check_scalar(f"{key}[{i}]", v, args[0], meta) for i, v in enumerate(value))
@@ -190,9 +189,6 @@ def parse_params(raw: Any) -> Params:
     params = parse_section(Params, raw)
     for name in ("mlp", "conv"):
         section = getattr(params, name)
-        if section.kl_schedule == "linear" and section.warmup_epochs > section.epochs:
-            raise ConfigError(f"{name}.warmup_epochs must be <= {name}.epochs "
-                              f"({section.epochs}), got {section.warmup_epochs}")
         if section.kl_schedule == "cyclical" and section.cycles > section.epochs:
             raise ConfigError(f"{name}.cycles must be <= {name}.epochs "
                               f"({section.epochs}), got {section.cycles}")
@@ -201,11 +197,25 @@ def parse_params(raw: Any) -> Params:
     return params
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-05`` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-5``); ``dvc exp run -S
+    conv.weight_decay=1e-5`` writes ``1e-05``, which safe_load would return as a string.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; a missing or unparsable file is a ConfigError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path} not found; run the stage from the project root") from None
     except yaml.YAMLError as exc:
