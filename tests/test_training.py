@@ -28,7 +28,7 @@ def train_once(tmp_path, name, cfg=None, seed=7):
     model = MLPVAE((1, 28, 28), latent_dim=4, hidden=(32,))
     result = fit(model, tiny_images(100), tiny_images(40, seed=1), cfg or small_mlp_cfg(),
                  beta=1.0, seed=seed, device=CPU, checkpoint_dir=tmp_path / name,
-                 meta={"params": {"note": name}}, progress=False)
+                 meta={"params": {"note": "tiny"}}, progress=False)
     return model, result
 
 
@@ -42,6 +42,8 @@ def test_same_params_give_bit_identical_checkpoints_and_metrics(tmp_path):
         for key in ca["state_dict"]:
             assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), (name, key)
         assert ca["metrics"] == cb["metrics"]
+    for name in ("epoch_01.pt", "best.pt", "final.pt"):  # the files too, byte for byte
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     timing = {"seconds", "images_per_second"}
     strip = [{k: v for k, v in row.items() if k not in timing} for row in a.history]
     assert strip == [{k: v for k, v in row.items() if k not in timing} for row in b.history]
@@ -54,7 +56,7 @@ def test_checkpoints_describe_themselves(tmp_path):
     model, result = train_once(tmp_path, "run")
     ckpt_model, ckpt = load_checkpoint(tmp_path / "run" / "final.pt")
     assert ckpt["kind"] == "mlp" and ckpt["epoch"] == 2
-    assert ckpt["model_args"]["hidden"] == [32] and ckpt["params"] == {"note": "run"}
+    assert ckpt["model_args"]["hidden"] == [32] and ckpt["params"] == {"note": "tiny"}
     assert ckpt["metrics"]["val_nelbo"] == pytest.approx(result.history[-1]["val_nelbo"])
     model.eval()
     z = torch.randn(3, 4)

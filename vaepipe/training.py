@@ -108,8 +108,10 @@ def save_checkpoint(path: Path, model: VAE, epoch: int, metrics: dict, meta: dic
     """Write a self-describing checkpoint atomically (loadable with weights_only=True)."""
     ckpt = {"format": CHECKPOINT_FORMAT, "kind": model.kind, "model_args": model.model_args,
             "state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics, **meta}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        # A file object, not a path: torch.save names the zip's records after the file, and
+        # the temporary name would make equal weights give different bytes (and DVC hashes).
+        torch.save(ckpt, fh)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
