@@ -26,14 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vaepipe.config import load_params  # noqa: E402
-from vaepipe.data import load_split  # noqa: E402
+from vaepipe.data import get_spec, load_split  # noqa: E402
 from vaepipe.models import build_model, model_args  # noqa: E402
-from vaepipe.objective import kl_weight, vae_loss  # noqa: E402
-from vaepipe.training import device_name, evaluate_elbo, fit, resolve_device  # noqa: E402
-
-RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
+from vaepipe.objective import vae_loss  # noqa: E402
+from vaepipe.training import (device_name, evaluate_elbo, fit, resolve_device,  # noqa: E402
+                              scheduled_kl_weight)
 
 def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
     """The seeds' loop, as written there: DataLoader over a torchvision dataset."""
@@ -44,7 +41,7 @@ def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
         # torchvision expects <root>/FashionMNIST/raw/<decompressed IDX files>.
         raw = Path(root, "FashionMNIST", "raw")
         raw.mkdir(parents=True)
-        for name in RAW_FILES:
+        for name in get_spec("fashion-mnist").raw_files:
             (raw / name).symlink_to(Path(raw_dir, name).resolve())
         full = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor(),
                                      download=False)
@@ -56,8 +53,7 @@ def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
         model.to(device).train()
         seconds = 0.0
         for epoch in range(1, epochs + 1):
-            weight = kl_weight(cfg.kl_schedule, epoch, cfg.epochs, beta, cfg.warmup_epochs,
-                               cfg.cycles, cfg.cycle_ratio)
+            weight = scheduled_kl_weight(cfg, epoch, beta)
             start = time.perf_counter()
             total = 0.0
             for x, _ in loader:

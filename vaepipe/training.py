@@ -75,6 +75,12 @@ def to_unit_float(x: torch.Tensor, dequantize: bool = False,
     return x.div_(255.0)
 
 
+def scheduled_kl_weight(cfg: TrainConfig, epoch: int, beta: float) -> float:
+    """The KL weight of 1-based ``epoch`` under ``cfg``'s schedule towards ``beta``."""
+    return kl_weight(cfg.kl_schedule, epoch, cfg.epochs, beta, cfg.warmup_epochs, cfg.cycles,
+                     cfg.cycle_ratio)
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     # fused=True: one kernel for the whole update; on a 2-core CPU it is ~1.4x faster per
@@ -160,8 +166,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     best_loss = math.inf
 
     for epoch in range(1, cfg.epochs + 1):
-        weight = kl_weight(cfg.kl_schedule, epoch, cfg.epochs, beta, cfg.warmup_epochs,
-                           cfg.cycles, cfg.cycle_ratio)
+        weight = scheduled_kl_weight(cfg, epoch, beta)
         _sync(device)
         start = time.perf_counter()
         shuffled = train_x[torch.randperm(n, generator=gen, device=device)]
@@ -219,8 +224,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         if on_epoch is not None:
             on_epoch(epoch, model, row)
     if ckpt_dir is not None:
-        save_checkpoint(ckpt_dir / "final.pt", model, cfg.epochs,
-                        {f"val_{k}": v for k, v in val.items()}, meta)
+        save_checkpoint(ckpt_dir / "final.pt", model, cfg.epochs, val_metrics, meta)
     return result
 
 
