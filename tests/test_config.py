@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from vaepipe.config import ConfigError, Params, load_params, parse_params, to_dict
 
@@ -22,17 +23,34 @@ def test_repo_params_parse_and_match_the_seed_recipes():
     assert params.sweep.betas == (0.1, 0.5, 1.0) and params.sweep.classes == (0, 1, 7)
 
 
-def test_every_key_of_the_dataclasses_is_in_params_yaml():
+def test_every_key_of_the_models_is_in_params_yaml():
     # params.yaml documents every key: the parsed file round-trips to the same mapping
     raw = yaml.safe_load(REPO_PARAMS.read_text())
     assert to_dict(load_params(REPO_PARAMS)) == raw
 
 
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def test_model_defaults_equal_params_yaml_key_by_key():
+    # one set of defaults: a key left out of params.yaml gets the value params.yaml documents
+    documented = _flatten(yaml.safe_load(REPO_PARAMS.read_text()))
+    defaults = _flatten(to_dict(Params()))
+    assert sorted(defaults) == sorted(documented)
+    differing = {k: (defaults[k], documented[k]) for k in documented if defaults[k] != documented[k]}
+    assert differing == {}
+
+
 def test_empty_mapping_gives_defaults_and_configs_are_frozen():
     params = parse_params({})
     assert params == Params()
-    with pytest.raises(AttributeError):
-        params.beta = 2.0  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        params.beta = 2.0
+    with pytest.raises(ValidationError, match="frozen"):
+        params.mlp.epochs = 3
 
 
 REJECTED = [
