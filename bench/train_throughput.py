@@ -15,7 +15,6 @@ test NELBO is computed afterwards for both by the same function with the same no
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -23,13 +22,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vaepipe.config import load_params  # noqa: E402
-from vaepipe.data import get_spec, load_split  # noqa: E402
-from vaepipe.models import build_model, model_args  # noqa: E402
-from vaepipe.objective import vae_loss  # noqa: E402
-from vaepipe.training import (device_name, evaluate_elbo, fit, resolve_device,  # noqa: E402
+from vaepipe.config import load_params
+from vaepipe.data.arrays import load_split
+from vaepipe.data.catalog import get_spec
+from vaepipe.models import build_model, model_args
+from vaepipe.objective import vae_loss
+from vaepipe.training import (device_name, evaluate_elbo, fit, resolve_device,
                               scheduled_kl_weight)
 
 def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
@@ -89,7 +87,7 @@ def main(argv=None):
           f"{args.epochs} epochs each; train images {len(train_x)}; one run per row")
     print(f"{'model':6s} {'recipe':10s} {'img/s':>9s} {'s/epoch':>8s} {'test NELBO':>11s}")
     for kind in args.models:
-        cfg = dataclasses.replace(getattr(params, kind), batch_size=128)
+        cfg = getattr(params, kind).model_copy(update={"batch_size": 128})
         rows = {}
         for recipe in ("reference", "ours"):
             torch.manual_seed(params.seed)
@@ -115,7 +113,7 @@ def _fit_first_epochs(model, train_x, cfg, epochs, params, device):
     if cfg.kl_schedule == "cyclical":
         raise SystemExit("the benchmark compares constant/linear schedules only")
     # fit's seconds exclude validation; a tiny validation set keeps the run short.
-    return fit(model, train_x, train_x[:100], dataclasses.replace(cfg, epochs=epochs),
+    return fit(model, train_x, train_x[:100], cfg.model_copy(update={"epochs": epochs}),
                params.beta, params.seed, device, progress=False)
 
 

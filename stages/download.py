@@ -2,7 +2,7 @@
 
     python stages/download.py --out data/raw/<dataset>
 
-Sources (see :func:`vaepipe.data.fetch_raw`): ``data.mirror``, the standard local directory,
+Sources (see :func:`vaepipe.data.sources.fetch_raw`): ``data.mirror``, the standard local directory,
 then the official download. Exit codes: 0 done, 1 no source worked, 2 bad params or arguments.
 """
 from __future__ import annotations
@@ -12,13 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-# `python stages/download.py` puts stages/ on sys.path, not the project root with vaepipe/
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from vaepipe.config import ConfigError, load_params  # noqa: E402
-from vaepipe.data import DataError, fetch_raw  # noqa: E402
+from vaepipe.config import ConfigError, load_params
+from vaepipe.data.catalog import DataError
+from vaepipe.data.sources import fetch_raw
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """DVC stage ``split``: hold out a seeded validation split and save train/val/test arrays.
 
-    python stages/split.py --raw data/raw/<dataset> --out data/processed/<dataset>
+    python stages/split.py --raw data/raw/<dataset> --out data/processed/<dataset> \
+        --metrics reports/split.json
 
 Writes ``train.npz``, ``val.npz``, ``test.npz`` and ``manifest.json`` (see
-:func:`vaepipe.data.write_split`). Exit codes: 0 done, 1 unreadable raw data, 2 bad params or
+`vaepipe.data.split.write_split`). Exit codes: 0 done, 1 unreadable raw data, 2 bad params or
 arguments.
 """
 from __future__ import annotations
@@ -12,13 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-# `python stages/split.py` puts stages/ on sys.path, not the project root with vaepipe/
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from vaepipe.config import ConfigError, load_params  # noqa: E402
-from vaepipe.data import DataError, write_split  # noqa: E402
+from vaepipe.config import ConfigError, load_params
+from vaepipe.data.catalog import DataError
+from vaepipe.data.split import write_split
+from vaepipe.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", required=True, type=Path, help="directory of the raw files")
     parser.add_argument("--out", required=True, type=Path, help="directory for the splits")
+    parser.add_argument("--metrics", required=True, type=Path,
+                        help="JSON of the image counts per split (a DVC metric)")
     args = parser.parse_args(argv)
     try:
         params = load_params("params.yaml")
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"split failed: {exc}", file=sys.stderr)
         return 1
     counts = manifest["counts"]
+    write_json(args.metrics, {"images": counts})
     print(f"{data.dataset}: train {counts['train']}, val {counts['val']}, "
           f"test {counts['test']} -> {args.out}")
     return 0

@@ -10,15 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from vaepipe.config import ConfigError, load_params, to_dict  # noqa: E402
-from vaepipe.data import load_split  # noqa: E402
-from vaepipe.io import write_json  # noqa: E402
-from vaepipe.models import MODELS, build_model, model_args  # noqa: E402
-from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,  # noqa: E402
+from vaepipe.config import ConfigError, load_params, to_dict
+from vaepipe.data.arrays import load_split
+from vaepipe.io import write_json
+from vaepipe.models import MODELS, build_model, model_args
+from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,
                               summarize, write_history)
 
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 import fakedata
-from vaepipe.data import EXPECTED_MD5_ENV
+from vaepipe.data.sources import EXPECTED_MD5_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
@@ -192,6 +192,8 @@ def dvc_project(tmp_path: Path) -> Callable[..., DvcProject]:
         env["DVC_NO_ANALYTICS"] = "1"
         env["DVC_SITE_CACHE_DIR"] = str(base / "dvc-site-cache")
         env.pop("VIRTUAL_ENV", None)
+        # the project's own copy of vaepipe, not the editable install of this checkout
+        env["PYTHONPATH"] = str(root)
         project = DvcProject(root, env, mirror, md5_json)
 
         project.git("init", "-q", "-b", "main")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import fakedata
-from vaepipe import data
-from vaepipe.data import DataError, DataSourceError, fetch_raw
+from vaepipe.data import formats, sources
+from vaepipe.data.catalog import DataError, DataSourceError
+from vaepipe.data.sources import fetch_raw
 
 NO_DOWNLOAD: tuple[str, ...] = ()
 
@@ -208,13 +209,13 @@ def test_env_hook_replaces_the_pinned_md5s(tmp_path, idx_mirror, monkeypatch) ->
     with pytest.raises(DataSourceError, match="train-images-idx3-ubyte.gz: 200 records, "
                                               "expected 60000"):
         fetch_raw("mnist", tmp_path / "raw", mirror, standard_dirs=(), base_urls=NO_DOWNLOAD)
-    monkeypatch.setenv(data.EXPECTED_MD5_ENV, str(fakedata.write_md5_json(tmp_path / "m.json",
+    monkeypatch.setenv(sources.EXPECTED_MD5_ENV, str(fakedata.write_md5_json(tmp_path / "m.json",
                                                                           md5s)))
     for dataset in ("fashion-mnist", "mnist"):
         fetch_raw(dataset, tmp_path / dataset, mirror, standard_dirs=(), base_urls=NO_DOWNLOAD)
-        assert len(data.load_raw(dataset, tmp_path / dataset)[0]) == 200
+        assert len(formats.load_raw(dataset, tmp_path / dataset)[0]) == 200
 
-    monkeypatch.setenv(data.EXPECTED_MD5_ENV, str(fakedata.write_md5_json(
+    monkeypatch.setenv(sources.EXPECTED_MD5_ENV, str(fakedata.write_md5_json(
         tmp_path / "partial.json", {"train-images-idx3-ubyte": "x"})))
     with pytest.raises(DataError, match="partial.json has no md5 for train-labels-idx1-ubyte"):
         fetch_raw("mnist", tmp_path / "raw", mirror, standard_dirs=(), base_urls=NO_DOWNLOAD)
@@ -254,7 +255,7 @@ def test_cifar_from_tarball_plain_files_and_download(tmp_path, http_server) -> N
         == f"download from {http_server.url}"
     assert sorted(tree(tmp_path / "a")) == sorted(fakedata.CIFAR_FILES)
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(tmp_path / "c")
-    train_x, _, test_x, _ = data.load_raw("cifar10", tmp_path / "a")
+    train_x, _, test_x, _ = formats.load_raw("cifar10", tmp_path / "a")
     assert train_x.shape == (50, 3, 32, 32) and test_x.shape == (10, 3, 32, 32)
 
     tarball = tar_mirror / "cifar-10-python.tar.gz"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import fakedata
-from vaepipe import data
+from vaepipe.data import arrays, catalog, sources, split
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -41,8 +41,8 @@ def write_params(directory: Path, **data_section: object) -> None:
 @pytest.mark.parametrize("script,args,key,value", [
     ("download.py", ["--out", "raw"], "data.dataset", "svhn"),
     ("download.py", ["--out", "raw"], "data.mirror", 3),
-    ("split.py", ["--raw", "raw", "--out", "out"], "data.val_fraction", 1.5),
-    ("split.py", ["--raw", "raw", "--out", "out"], "data.split_seed", -1),
+    ("split.py", ["--raw", "raw", "--out", "out", "--metrics", "m.json"], "data.val_fraction", 1.5),
+    ("split.py", ["--raw", "raw", "--out", "out", "--metrics", "m.json"], "data.split_seed", -1),
 ])
 def test_bad_params_exit_2_naming_the_key(tmp_path, script, args, key, value) -> None:
     write_params(tmp_path, **{key.split(".")[1]: value})
@@ -63,7 +63,8 @@ def load_stage(script: str):
 
 def test_split_stage_reports_missing_raw_data_with_exit_1(tmp_path) -> None:
     write_params(tmp_path)
-    proc = run_stage("split.py", "--raw", "raw", "--out", "out", cwd=tmp_path)
+    proc = run_stage("split.py", "--raw", "raw", "--out", "out", "--metrics", "m.json",
+                     cwd=tmp_path)
     assert proc.returncode == 1
     assert "split failed: raw: no such directory; run the download stage first" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -74,9 +75,9 @@ def test_download_stage_reports_failure_with_exit_1(tmp_path, monkeypatch, capsy
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         refused = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    spec = dataclasses.replace(data.FASHION_MNIST, base_urls=(refused,),
+    spec = dataclasses.replace(catalog.FASHION_MNIST, base_urls=(refused,),
                                standard_dir=str(tmp_path / "no-std"))
-    monkeypatch.setitem(data.DATASETS, "fashion-mnist", spec)
+    monkeypatch.setitem(catalog.DATASETS, "fashion-mnist", spec)
     write_params(tmp_path, mirror=str(tmp_path / "no-mirror"))
     monkeypatch.chdir(tmp_path)
     assert load_stage("download.py").main(["--out", "data/raw/fashion-mnist"]) == 1
@@ -111,11 +112,23 @@ def test_dvc_repro_on_a_tiny_mirror(dvc_project) -> None:
     status = project.dvc("status", "split")
     assert "Data and pipelines are up to date" in status.stdout
 
+    # only the counts are metrics; the manifest's md5s and per-class counts stay in the output
     table = project.dvc("metrics", "show").stdout
-    assert all(f"counts.{name}" in table for name in ("train", "val", "test"))
+    assert all(f"images.{name}" in table for name in ("train", "val", "test"))
+    assert "md5" not in table and "class_counts" not in table
     shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
-    manifest_metrics = shown[""]["data"][f"{out}/manifest.json"]["data"]
-    assert manifest_metrics["counts"] == {"train": 180, "val": 20, "test": 50}
+    assert "data/processed/fashion-mnist/manifest.json" not in shown[""]["data"]
+    assert shown[""]["data"]["reports/split.json"]["data"] == {
+        "images": {"train": 180, "val": 20, "test": 50}}
+
+    # editing the split module reruns split, not download (each stage depends on its modules)
+    split_module = project.root / "vaepipe/data/split.py"
+    original = split_module.read_text()
+    split_module.write_text(original + "\n# an edit\n")
+    changed = project.dvc("status", "split").stdout  # split and what it depends on
+    assert "split:" in changed and "download:" not in changed
+    split_module.write_text(original)
+    assert "Data and pipelines are up to date" in project.dvc("status", "split").stdout
 
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "first repro")
@@ -125,7 +138,7 @@ def test_dvc_repro_on_a_tiny_mirror(dvc_project) -> None:
     manifest = project.read_json(f"{out}/manifest.json")
     assert manifest["counts"] == {"train": 160, "val": 40, "test": 50}
     assert manifest["params"] == {"val_fraction": 0.2, "split_seed": 42}
-    images, labels = data.load_split(project.root / out, "val")
+    images, labels = arrays.load_split(project.root / out, "val")
     assert images.shape == (40, 1, 28, 28) and labels.dtype == np.int64
 
 
@@ -135,7 +148,7 @@ def test_dvc_repro_cifar10_from_a_tarball_mirror(dvc_project) -> None:
     manifest = project.read_json("data/processed/cifar10/manifest.json")
     assert manifest["counts"] == {"train": 30, "val": 10, "test": 8}
     assert manifest["image_shape"] == [3, 32, 32]
-    images, _ = data.load_split(project.root / "data/processed/cifar10", "train")
+    images, _ = arrays.load_split(project.root / "data/processed/cifar10", "train")
     assert images.shape == (30, 3, 32, 32)
 
 
@@ -143,10 +156,10 @@ def test_dvc_repro_cifar10_from_a_tarball_mirror(dvc_project) -> None:
                     reason=f"{REAL_FASHION} absent (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist_download_and_split(tmp_path) -> None:
     raw, out = tmp_path / "raw" / "fashion-mnist", tmp_path / "processed"
-    used = data.fetch_raw("fashion-mnist", raw, None, standard_dirs=None, base_urls=())
+    used = sources.fetch_raw("fashion-mnist", raw, None, standard_dirs=None, base_urls=())
     assert used == f"standard directory {REAL_FASHION}"
     assert {p.name: fakedata.md5_file(p) for p in raw.iterdir()} == FASHION_MD5
-    manifest = data.write_split(raw, out, "fashion-mnist", 0.1, 42)
+    manifest = split.write_split(raw, out, "fashion-mnist", 0.1, 42)
     assert manifest["counts"] == {"train": 54000, "val": 6000, "test": 10000}
     assert manifest["class_counts"]["test"] == {str(c): 1000 for c in range(10)}
     assert sum(manifest["class_counts"]["val"].values()) == 6000

@@ -1,5 +1,4 @@
 """The training loop: determinism, checkpoints, the NaN guard, devices, histories."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -158,7 +157,7 @@ def test_auto_device_and_missing_device_error():
 
 def test_best_checkpoint_uses_target_weight_not_warmup_weight(tmp_path):
     # during a long warm-up the scheduled loss is discounted; best must be judged at beta
-    cfg = dataclasses.replace(small_mlp_cfg(epochs=3), warmup_epochs=3)
+    cfg = small_mlp_cfg(epochs=3, warmup_epochs=3)
     _, result = train_once(tmp_path, "w", cfg)
     losses = [r["val_recon"] + r["val_kl"] for r in result.history]
     assert result.best_epoch == 1 + int(np.argmin(losses))

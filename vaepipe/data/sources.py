@@ -1,0 +1,404 @@
+"""Where raw files come from (mirror, standard place, official download) and how they are verified.
+
+:func:`fetch_raw` gets a dataset's raw files from the first source that works, in this order:
+
+1. ``mirror``: the directory named by ``data.mirror`` in params.yaml. It may hold the upstream
+   archives (``train-images-idx3-ubyte.gz``..., ``cifar-10-python.tar.gz``) or the decompressed
+   files (``train-images-idx3-ubyte``..., ``data_batch_1``... also inside ``cifar-10-batches-py/``);
+2. the standard local place, where a distribution package installs the dataset (Debian's
+   ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``);
+3. the official download, through torchvision's download helpers, checked against the md5 of
+   the upstream archive.
+
+Whichever source serves them, ``data/raw/<dataset>/`` receives the *decompressed* raw files,
+byte-identical, each checked against a pinned md5 of its decompressed content (Debian
+recompresses the ``.gz`` files, so their bytes, and md5s, differ from upstream's while the
+content is the same) and checked structurally. Everything is assembled in a temporary directory
+beside the destination and moved into place only once every file passed, so a rejected source
+leaves nothing behind and does not destroy an earlier good copy.
+
+Test hook: when the environment variable ``VAEPIPE_EXPECTED_MD5`` is set, it names a JSON file
+mapping raw file names to the md5 of their decompressed content; that table replaces the pinned
+one (entries named like an upstream archive, e.g. ``train-images-idx3-ubyte.gz``, replace that
+archive's md5 for the download; archives without an entry are then not md5-checked). In this
+mode the official record counts (60000/10000 images, 10000 per CIFAR batch) are not enforced, so
+a whole ``dvc repro`` can run on a tiny generated mirror; the structural checks still apply. It
+exists for the test-suite and is not meant for real runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator, Mapping, Sequence
+
+from vaepipe.data.catalog import (CIFAR_DIR, CIFAR_FILES, CIFAR_META, IDX_FILES, NUM_CLASSES,
+                                  DataError, DataFormatError, DataSourceError, DatasetSpec,
+                                  get_spec)
+from vaepipe.data.formats import check_labels, read_cifar_batch, read_cifar_meta, read_idx
+
+logger = logging.getLogger(__name__)
+
+EXPECTED_MD5_ENV = "VAEPIPE_EXPECTED_MD5"
+
+
+class _Unavailable(Exception):
+    """A source that is simply not there (missing directory, no dataset files in it)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One raw file to produce: from a plain file, a .gz file, or a member of a tar archive."""
+
+    name: str  # the raw file's name in dest
+    path: Path  # the local file holding it (the plain file, the .gz or the tar archive)
+    how: str  # "copy", "gunzip" or "tar"
+    source: str  # how messages name ``path``: a local path or the URL it was downloaded from
+    member: str = ""  # for "tar": the member's name in the archive
+
+    @property
+    def shown(self) -> str:
+        """How messages name this file."""
+        return f"{self.source}[{self.member}]" if self.member else self.source
+
+
+@dataclass(frozen=True)
+class _Expectations:
+    raw_md5: Mapping[str, str] | None
+    archive_md5: Mapping[str, str]
+    official_counts: bool
+
+
+def _expectations(spec: DatasetSpec, expected_md5: Mapping[str, str] | None) -> _Expectations:
+    """The md5 tables and count policy in force: pinned, or the test hook's table."""
+    origin = "the expected_md5 argument"
+    if expected_md5 is None and os.environ.get(EXPECTED_MD5_ENV):
+        origin = os.environ[EXPECTED_MD5_ENV]
+        try:
+            expected_md5 = json.loads(Path(origin).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{EXPECTED_MD5_ENV}={origin}: cannot read the md5 table ({exc})") \
+                from None
+        if not isinstance(expected_md5, dict):
+            raise DataError(f"{EXPECTED_MD5_ENV}={origin}: expected a JSON object of name: md5")
+    if expected_md5 is None:
+        return _Expectations(spec.raw_md5, spec.archives, official_counts=True)
+    missing = [n for n in spec.raw_files if n not in expected_md5]
+    if missing:
+        raise DataError(f"{origin} has no md5 for {', '.join(missing)}")
+    return _Expectations(
+        raw_md5={n: expected_md5[n] for n in spec.raw_files},
+        archive_md5={a: expected_md5[a] for a in spec.archives if a in expected_md5},
+        official_counts=False)
+
+
+def _expected_names(spec: DatasetSpec) -> str:
+    if spec.format == "idx":
+        return ", ".join(f"{n}[.gz]" for n in spec.raw_files)
+    return f"{next(iter(spec.archives))} or {', '.join(spec.raw_files)}"
+
+
+def _tar_items(archive: Path, source: str, names: Sequence[str]) -> list[_Item]:
+    """Items for raw files ``names`` held in the CIFAR-10 tarball ``archive``."""
+    return [_Item(n, archive, "tar", source, member=f"{CIFAR_DIR}/{n}") for n in names]
+
+
+def _plan_local(spec: DatasetSpec, src: Path) -> list[_Item]:
+    """Find each raw file in directory ``src``, decompressed or archived.
+
+    Raises :class:`_Unavailable` when the directory or every dataset file is absent, and
+    :class:`DataFormatError` when only some are there.
+    """
+    if not src.is_dir():
+        raise _Unavailable("directory does not exist" if not src.exists() else "not a directory")
+    items: list[_Item] = []
+    from_tar: list[str] = []
+    missing: list[str] = []
+    tarball = src / next(iter(spec.archives))
+    for name in spec.raw_files:
+        plain = [src / name] + ([src / CIFAR_DIR / name] if spec.format == "cifar" else [])
+        found = next((p for p in plain if p.is_file()), None)
+        if found is not None:
+            items.append(_Item(name, found, "copy", str(found)))
+        elif spec.format == "idx" and (src / f"{name}.gz").is_file():
+            items.append(_Item(name, src / f"{name}.gz", "gunzip", str(src / f"{name}.gz")))
+        elif spec.format == "cifar" and tarball.is_file():
+            from_tar.append(name)
+        else:
+            missing.append(name)
+    if len(missing) == len(spec.raw_files):
+        raise _Unavailable(f"no {spec.name} files in it (looked for {_expected_names(spec)})")
+    if missing:
+        archived = "" if spec.format == "cifar" else " (or .gz)"
+        raise DataFormatError(f"{src} is incomplete: missing {', '.join(missing)}{archived}")
+    return items + _tar_items(tarball, str(tarball), from_tar)
+
+
+def _copy_hashing(src: IO[bytes], dst: Path) -> str:
+    """Copy a stream into ``dst`` and return the md5 of what was written."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    with dst.open("wb") as out:
+        while chunk := src.read(1 << 20):
+            md5.update(chunk)
+            out.write(chunk)
+    return md5.hexdigest()
+
+
+def _materialize(items: Sequence[_Item], out_dir: Path) -> dict[str, str]:
+    """Write every item's decompressed content into ``out_dir``; return name -> md5.
+
+    Unreadable sources raise :class:`DataFormatError` naming the file (e.g. a truncated gzip).
+    """
+    md5s: dict[str, str] = {}
+    tar_items: dict[Path, list[_Item]] = {}
+    for item in items:
+        if item.how == "tar":
+            tar_items.setdefault(item.path, []).append(item)
+            continue
+        try:
+            with (gzip.open(item.path, "rb") if item.how == "gunzip"
+                  else item.path.open("rb")) as src:
+                md5s[item.name] = _copy_hashing(src, out_dir / item.name)
+        except EOFError as exc:
+            raise DataFormatError(f"{item.shown}: truncated gzip ({exc})") from None
+        except gzip.BadGzipFile as exc:
+            raise DataFormatError(f"{item.shown}: not a gzip file ({exc})") from None
+        except zlib.error as exc:
+            raise DataFormatError(f"{item.shown}: corrupt gzip data ({exc})") from None
+    for wanted in tar_items.values():
+        md5s.update(_extract_members(wanted, out_dir))
+    return md5s
+
+
+def _extract_members(wanted: Sequence[_Item], out_dir: Path) -> dict[str, str]:
+    """Extract the expected regular-file members of one tar archive, in a single pass.
+
+    Members are looked up by exact name and written under the raw file's name, so an archive
+    cannot write anywhere else (torchvision's extract_archive extracts every member as named).
+    """
+    archive, source = wanted[0].path, wanted[0].source
+    by_member = {item.member: item for item in wanted}
+    md5s: dict[str, str] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for info in tar:
+                item = by_member.get(info.name)
+                if item is None or item.name in md5s:
+                    continue
+                src = tar.extractfile(info) if info.isfile() else None
+                if src is None:
+                    raise DataFormatError(f"{item.shown}: not a regular file in the archive")
+                with src:
+                    md5s[item.name] = _copy_hashing(src, out_dir / item.name)
+    except EOFError as exc:
+        raise DataFormatError(f"{source}: truncated archive ({exc})") from None
+    except (tarfile.TarError, zlib.error) as exc:
+        raise DataFormatError(f"{source}: not a readable tar.gz archive ({exc})") from None
+    missing = [item.member for item in wanted if item.name not in md5s]
+    if missing:
+        raise DataFormatError(f"{source}: the archive lacks {', '.join(missing)}")
+    return md5s
+
+
+def _verify(spec: DatasetSpec, items: Sequence[_Item], out_dir: Path, md5s: Mapping[str, str],
+            expect: _Expectations) -> None:
+    """Check each staged raw file's md5 and structure; errors name the source file."""
+    for item in items:
+        want = expect.raw_md5.get(item.name) if expect.raw_md5 is not None else None
+        if want is not None and md5s[item.name] != want:
+            what = "md5" if item.how == "copy" else "md5 of the decompressed content"
+            raise DataFormatError(f"{item.shown}: {what} is {md5s[item.name]}, expected {want}")
+    shown = {item.name: item.shown for item in items}
+    if spec.format == "idx":
+        _verify_idx(spec, out_dir, shown, expect.official_counts)
+    else:
+        _verify_cifar(spec, out_dir, shown, expect.official_counts)
+
+
+def _verify_idx(spec: DatasetSpec, out_dir: Path, shown: Mapping[str, str],
+                official_counts: bool) -> None:
+    for images_name, labels_name in IDX_FILES.values():
+        arrays = {}
+        for name, ndim in ((images_name, 3), (labels_name, 1)):
+            arr = read_idx(out_dir / name, shown[name])
+            if arr.ndim != ndim or (ndim == 3 and arr.shape[1:] != spec.image_shape[1:]):
+                kind = "N x 28 x 28 images (magic 00000803)" if ndim == 3 \
+                    else "N labels (magic 00000801)"
+                raise DataFormatError(f"{shown[name]}: expected {kind}, got shape {arr.shape}")
+            if official_counts and len(arr) != spec.counts[name]:
+                raise DataFormatError(f"{shown[name]}: {len(arr)} records, expected "
+                                      f"{spec.counts[name]}")
+            arrays[name] = arr
+        if len(arrays[images_name]) != len(arrays[labels_name]):
+            raise DataFormatError(f"{shown[labels_name]}: {len(arrays[labels_name])} labels for "
+                                  f"{len(arrays[images_name])} images in {images_name}")
+        check_labels(arrays[labels_name], shown[labels_name])
+
+
+def _verify_cifar(spec: DatasetSpec, out_dir: Path, shown: Mapping[str, str],
+                  official_counts: bool) -> None:
+    for name in (*CIFAR_FILES["train"], *CIFAR_FILES["test"]):
+        _, labels = read_cifar_batch(out_dir / name, shown[name])
+        if official_counts and len(labels) != spec.counts[name]:
+            raise DataFormatError(f"{shown[name]}: {len(labels)} images, expected "
+                                  f"{spec.counts[name]}")
+        check_labels(labels, shown[name])
+    names = read_cifar_meta(out_dir / CIFAR_META, shown[CIFAR_META])
+    if len(names) != NUM_CLASSES:
+        raise DataFormatError(f"{shown[CIFAR_META]}: {len(names)} label names, expected "
+                              f"{NUM_CLASSES}")
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every socket operation: torchvision's downloader takes no timeout of its own, and
+    without one an unresponsive host could hang the stage forever."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download(spec: DatasetSpec, base_url: str, download_dir: Path, expect: _Expectations,
+              timeout: float) -> list[_Item]:
+    """Download every upstream archive from ``base_url`` with torchvision's helpers.
+
+    An unreachable URL raises :class:`_Unavailable`, a download whose md5 differs from the
+    upstream archive's raises :class:`DataFormatError`; both name the URL.
+    """
+    # imported here: torchvision pulls in torch, which costs seconds at every stage start
+    from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
+
+    items: list[_Item] = []
+    for archive in spec.archives:
+        url = base_url.rstrip("/") + "/" + archive
+        md5 = expect.archive_md5.get(archive)
+        target = download_dir / archive
+        try:
+            with _socket_timeout(timeout):
+                download_url(url, str(download_dir), archive, md5=md5)
+        except RuntimeError as exc:  # download_url's "File not found or corrupted."
+            if md5 is not None and target.is_file() and not check_integrity(str(target), md5):
+                raise DataFormatError(f"{url}: md5 of the download is "
+                                      f"{calculate_md5(str(target))}, expected {md5}") from None
+            raise _Unavailable(f"{url}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+            raise _Unavailable(f"{url}: {exc}") from None
+        if spec.format == "idx":
+            items.append(_Item(archive[:-len(".gz")], target, "gunzip", url))
+        else:
+            items += _tar_items(target, url, spec.raw_files)
+    return items
+
+
+def _replace_dir(new: Path, dest: Path, parking: Path) -> None:
+    """Move directory ``new`` to ``dest``. A previous ``dest`` is first moved to ``parking``
+    and moved back if the second move fails, so a good copy is never lost."""
+    parked = dest.exists() or dest.is_symlink()
+    if parked:
+        os.replace(dest, parking)
+    try:
+        os.replace(new, dest)
+    except OSError:
+        if parked:
+            os.replace(parking, dest)
+        raise
+
+
+def fetch_raw(dataset: str, dest: str | Path, mirror: str | Path | None = None, *,
+              standard_dirs: Sequence[str | Path] | None = None,
+              base_urls: Sequence[str] | None = None,
+              expected_md5: Mapping[str, str] | None = None,
+              timeout: float = 60.0) -> str:
+    """Put ``dataset``'s verified, decompressed raw files into the directory ``dest``.
+
+    Sources are tried in order: ``mirror`` (if given), the standard local directories
+    (``standard_dirs``; None means the dataset's usual place, ``()`` none), then the official
+    download from each of ``base_urls`` (None means the official URLs, ``()`` no download).
+    A source that is present but incomplete or fails verification is logged as a warning and
+    the next one is tried; its problem, naming the file, is listed in the final error if none
+    works. ``expected_md5`` replaces the pinned md5 table as the ``VAEPIPE_EXPECTED_MD5`` test
+    hook does (see the module docstring). ``timeout`` bounds each network operation (seconds).
+
+    ``dest`` is replaced only once every file passed; on failure it keeps its previous content
+    and no temporary files remain. Returns a description of the source used. Raises
+    :class:`DataSourceError` listing every place tried and how to fix it.
+    """
+    spec = get_spec(dataset)
+    expect = _expectations(spec, expected_md5)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    std = ([spec.standard_dir] if spec.standard_dir else []) if standard_dirs is None \
+        else [str(d) for d in standard_dirs]
+    urls = list(spec.base_urls) if base_urls is None else list(base_urls)
+    # (kind, where); where None stands for a source that is not configured at all
+    sources: list[tuple[str, str | None]] = [("mirror", None if mirror is None else str(mirror))]
+    sources += [("standard directory", d) for d in std] or [("standard directory", None)]
+    sources += [("download from", u) for u in urls] or [("download from", None)]
+    not_configured = {"mirror": "mirror: none set (data.mirror is null)",
+                      "standard directory": f"standard directory: none known for {spec.name}",
+                      "download from": "official download: not attempted (no URLs)"}
+
+    tried: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetch-", dir=dest.parent))
+    try:
+        for i, (kind, where) in enumerate(sources):
+            if where is None:
+                tried.append(not_configured[kind])
+                continue
+            attempt = work / f"attempt-{i}"
+            files = attempt / "files"
+            files.mkdir(parents=True)
+            try:
+                if kind == "download from":
+                    items = _download(spec, where, attempt / "download", expect, timeout)
+                else:
+                    items = _plan_local(spec, Path(where))
+                _verify(spec, items, files, _materialize(items, files), expect)
+            except _Unavailable as exc:
+                tried.append(f"{kind} {where}: {exc}")
+                logger.info("%s %s: %s", kind, where, exc)
+                shutil.rmtree(attempt)
+                continue
+            except (DataFormatError, OSError) as exc:  # OSError: e.g. an unreadable file
+                tried.append(f"{kind} {where}: REJECTED: {exc}")
+                logger.warning("%s %s rejected: %s", kind, where, exc)
+                shutil.rmtree(attempt)
+                continue
+            _replace_dir(files, dest, work / "previous")
+            logger.info("%s: %d verified files from %s %s", dest, len(items), kind, where)
+            return f"{kind} {where}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    raise DataSourceError(_failure_message(spec, dest, tried))
+
+
+def _failure_message(spec: DatasetSpec, dest: Path, tried: Sequence[str]) -> str:
+    fixes = []
+    if spec.apt_package:
+        fixes.append(f"install the {spec.name} package: apt-get install {spec.apt_package} "
+                     f"(it fills {spec.standard_dir})")
+    fixes.append(f"put the files ({_expected_names(spec)}) in a directory and set data.mirror "
+                 "in params.yaml to that directory")
+    fixes.append("connect to the internet so the official download can run")
+    return (f"could not get verified {spec.name} raw files for {dest}; tried:\n"
+            + "".join(f"  - {t}\n" for t in tried)
+            + "to fix it, do one of:\n" + "\n".join(f"  - {f}" for f in fixes))
+
