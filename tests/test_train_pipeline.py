@@ -10,7 +10,7 @@ TINY = {
     "mlp": {"epochs": 2, "hidden": [32], "latent_dim": 4, "warmup_epochs": 2, "batch_size": 64},
     "conv": {"epochs": 1, "channels": [4, 8], "latent_dim": 4, "batch_size": 64},
 }
-HISTORY_COLUMNS = ["epoch", "beta", "train_loss", "train_recon", "train_kl", "val_loss",
+HISTORY_COLUMNS = ["epoch", "beta", "lr", "train_loss", "train_recon", "train_kl", "val_loss",
                    "val_recon", "val_kl", "val_nelbo", "seconds", "images_per_second"]
 
 

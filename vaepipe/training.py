@@ -34,6 +34,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint this code cannot load: unknown format or kind, or mismatched shapes."""
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
     mps = getattr(torch.backends, "mps", None)
@@ -121,10 +125,34 @@ def save_checkpoint(path: Path, model: VAE, epoch: int, metrics: dict, meta: dic
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
-    """Rebuild a model from its checkpoint alone; returns ``(model in eval mode, checkpoint)``."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(ckpt["kind"], **ckpt["model_args"])
-    model.load_state_dict(ckpt["state_dict"])
+    """Rebuild a model from its checkpoint alone; returns ``(model in eval mode, checkpoint)``.
+
+    ``torch.load(weights_only=True)`` refuses pickled code. A file that is not a checkpoint of
+    :data:`CHECKPOINT_FORMAT`, names an unknown model kind or holds weights whose shapes do not
+    fit its own ``model_args`` raises :class:`CheckpointError` naming the file.
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r} is not supported; this "
+                              f"code reads format {CHECKPOINT_FORMAT} (retrain, or use the "
+                              f"version of vaepipe that wrote it)")
+    try:
+        model = build_model(ckpt["kind"], **ckpt["model_args"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model ({exc})") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt['kind']} model with "
+                              f"{ckpt['model_args']} ({reason})") from None
     return model.to(device).eval(), ckpt
 
 
@@ -143,13 +171,16 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         cfg: TrainConfig, beta: float, seed: int, device: torch.device,
         checkpoint_dir: str | Path | None = None, meta: dict | None = None,
         dequantize: bool = False, progress: bool = True,
-        on_epoch: Callable[[int, VAE, dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[int, VAE, dict], None] | None = None,
+        on_batch: Callable[[int, int, VAE], None] | None = None) -> FitResult:
     """Train ``model`` on uint8 image arrays (N, C, H, W) and validate every epoch.
 
     The KL weight follows ``cfg.kl_schedule`` towards ``beta``. With ``checkpoint_dir``,
     writes ``epoch_01.pt``, ``best.pt`` (lowest validation loss at the *target* weight
     ``beta``, so warm-up epochs cannot win on a discounted KL) and ``final.pt``; ``meta`` is
-    stored in each. A non-finite loss raises :class:`TrainingDiverged` naming the epoch and
+    stored in each. ``on_batch(epoch, batch, model)`` runs after every optimizer step (batch
+    is 1-based; the model is in training mode and must be left so), ``on_epoch(epoch, model,
+    row)`` after each epoch's validation. A non-finite loss raises :class:`TrainingDiverged` naming the epoch and
     batch; checkpoints already written are kept, and nothing from the bad epoch is saved.
     """
     torch.manual_seed(seed)
@@ -161,6 +192,10 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     n, bs = len(train_x), cfg.batch_size
     n_batches = math.ceil(n / bs)
     opt = make_optimizer(cfg, model.parameters())
+    # what the optimizer really is, read back from it (not the config), for the checkpoints
+    group = opt.param_groups[0]
+    meta = {**meta, "optimizer": {"class": type(opt).__name__, "lr": group["lr"],
+                                  "weight_decay": group["weight_decay"]}}
     gen = torch.Generator(device=device).manual_seed(seed)
     result = FitResult()
     best_loss = math.inf
@@ -185,6 +220,8 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
             opt.step()
             stats[b] = torch.stack(terms).detach()
             bar.update(len(x))
+            if on_batch is not None:
+                on_batch(epoch, b + 1, model)
         bar.close()
         _sync(device)
         seconds = time.perf_counter() - start
@@ -200,7 +237,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         sizes[-1] = n - bs * (n_batches - 1)
         train_means = ((stats * sizes[:, None]).sum(0) / n).tolist()
         val = evaluate_elbo(model, val_x, beta, cfg, dequantize, seed)
-        row = {"epoch": epoch, "beta": weight,
+        row = {"epoch": epoch, "beta": weight, "lr": opt.param_groups[0]["lr"],
                "train_loss": train_means[0], "train_recon": train_means[1],
                "train_kl": train_means[2], "val_loss": val["loss"], "val_recon": val["recon"],
                "val_kl": val["kl"], "val_nelbo": val["nelbo"], "seconds": seconds,
