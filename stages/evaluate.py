@@ -21,7 +21,7 @@ from vaepipe.classifier import load_classifier
 from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
 from vaepipe.data.arrays import load_split
 from vaepipe.evaluation import (CHECKPOINTS, MODEL_KINDS, build_reference, evaluate_checkpoint,
-                                summary_markdown, write_npz)
+                                same_weights, summary_markdown, write_npz)
 from vaepipe.io import write_json, write_text
 from vaepipe.training import CheckpointError, DeviceError, load_checkpoint, resolve_device
 
@@ -55,13 +55,22 @@ def main(argv=None) -> int:
     metrics: dict = {}
     details: dict = {"reference_seconds": time.perf_counter() - start}
     for kind, by_ckpt in models.items():
+        done: dict = {}
         for name, (model, ckpt) in by_ckpt.items():
-            trained = ckpt.get("params", {}).get(kind, {})  # the likelihood it was trained with
-            train_cfg = TrainConfig(likelihood=trained.get("likelihood", "bernoulli"),
-                                    obs_std=trained.get("obs_std", 1.0))
-            result = evaluate_checkpoint(model, train_cfg, ref, classifier, cfg, seed)
+            # the same weights (best.pt is final.pt when the last epoch is best) see the same
+            # seeded noise, so their numbers are equal: computed once
+            twin = next((other for other in done if same_weights(by_ckpt[other][0], model)), None)
+            if twin is not None:
+                result = done[twin]
+            else:
+                trained = ckpt.get("params", {}).get(kind, {})  # the likelihood it trained with
+                train_cfg = TrainConfig(likelihood=trained.get("likelihood", "bernoulli"),
+                                        obs_std=trained.get("obs_std", 1.0))
+                result = evaluate_checkpoint(model, train_cfg, ref, classifier, cfg, seed)
+                done[name] = result
             metrics.setdefault(kind, {})[name] = result.metrics
-            details.setdefault(kind, {})[name] = {"epoch": ckpt["epoch"], **result.details}
+            details.setdefault(kind, {})[name] = {"epoch": ckpt["epoch"], "same_weights_as": twin,
+                                                  **result.details}
             write_npz(args.arrays / kind / f"{name}.npz", result.arrays)
             print(f"{kind}/{name}: nelbo {result.metrics['nelbo']:.2f}, iwae "
                   f"{result.metrics['iwae_nll']:.2f}, fid {result.metrics['fid']:.2f}, "

@@ -43,14 +43,14 @@ def main(argv=None) -> int:
 
     try:
         history = train_classifier(model, train_x, train_y, cfg.epochs, cfg.batch_size, cfg.lr,
-                                   cfg.weight_decay, params.seed, device, *splits["val"])
+                                   cfg.weight_decay, params.seed, device)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds = sum(h["seconds"] for h in history)
     metrics = {
         "test_accuracy": accuracy(model, *splits["test"], device),
-        "val_accuracy": history[-1]["val_accuracy"],
+        "val_accuracy": accuracy(model, *splits["val"], device),
         "train_accuracy": history[-1]["train_accuracy"],
         "epochs": cfg.epochs,
         "train_seconds": seconds,

@@ -12,8 +12,8 @@ from vaepipe.config import EvaluateConfig, TrainConfig
 from vaepipe.evaluation import (METRICS, build_reference, encode, evaluate_checkpoint,
                                 frozen_key, iwae_bound, recon_indices, write_npz)
 from vaepipe.metrics import (active_units, bce_floor, bits_per_dim, diversity, fid,
-                             frechet_distance, kl_per_dim, precision_recall, probe_accuracy,
-                             silhouette)
+                             frechet_distance, kl_per_dim, knn_radii, precision_recall,
+                             probe_accuracy, silhouette)
 from vaepipe.models import VAE, build_model
 from vaepipe.training import evaluate_elbo
 
@@ -76,34 +76,36 @@ def test_iwae_with_one_sample_is_the_elbo_on_the_same_noise():
         log_w = (bern.log_prob(xb)
                  + Independent(Normal(torch.zeros_like(z), 1.0), 1).log_prob(z) - q.log_prob(z))
         total += log_w.sum().item()
-    assert iwae == pytest.approx(-total / len(x), rel=1e-6)
-    assert mc_nelbo == pytest.approx(iwae, rel=1e-12)
+    assert iwae.shape == (40,) and iwae.mean() == pytest.approx(-total / len(x), rel=1e-6)
+    np.testing.assert_allclose(mc_nelbo, iwae, rtol=1e-12)  # log-sum-exp of one = the one
 
 
 def test_iwae_is_non_decreasing_in_k_and_converges_to_the_exact_likelihood():
     images = toy_images(256)
     narrow = ToyVAE(q_var=0.05)  # a poor posterior: every step in K tightens the bound visibly
     truth = exact_nll(narrow, images)
-    bounds = [iwae_bound(narrow, images, k, 16, torch.Generator().manual_seed(3))[0]
+    bounds = [iwae_bound(narrow, images, k, 16, torch.Generator().manual_seed(3))[0].mean()
               for k in (1, 8, 64, 512)]
     assert all(a - b > 0.02 for a, b in zip(bounds, bounds[1:])), bounds  # -log p(x) bound falls
     assert bounds[0] - truth > 0.4 and bounds[-1] > truth  # loose ELBO; still an upper bound
     wide = ToyVAE(q_var=0.2)  # close to the true posterior: K = 512 reaches -log p(x)
     truth = exact_nll(wide, images)
-    tight = iwae_bound(wide, images, 512, 16, torch.Generator().manual_seed(3))[0]
+    tight = iwae_bound(wide, images, 512, 16, torch.Generator().manual_seed(3))[0].mean()
     assert tight == pytest.approx(truth, abs=0.02)
 
 
 def test_iwae_k1_agrees_with_evaluate_elbo_on_a_real_model():
-    # evaluate_elbo uses the closed-form KL, the IWAE estimate a sampled one: equal in expectation
+    # evaluate_elbo uses the closed-form KL, the IWAE estimate a sampled one: equal in
+    # expectation (measured: 0.016 apart, standard error 0.012; the tolerance is ~4 of those)
     torch.manual_seed(0)
     model = build_model("mlp", image_shape=(1, 4, 4), latent_dim=3, hidden=(16,)).eval()
     images = toy_images(2000, seed=1).repeat(1, 1, 2, 2)
     elbo = evaluate_elbo(model, images, 1.0, TrainConfig(), seed=0)["nelbo"]
-    iwae, mc = iwae_bound(model, images, 1, 500, torch.Generator().manual_seed(0))
-    assert mc == pytest.approx(elbo, abs=0.05)
+    _, mc = iwae_bound(model, images, 1, 500, torch.Generator().manual_seed(0))
+    assert mc.mean() == pytest.approx(elbo, abs=0.05)
     iwae10, mc10 = iwae_bound(model, images, 10, 100, torch.Generator().manual_seed(0))
-    assert mc10 == pytest.approx(elbo, abs=0.05) and iwae10 < mc10
+    assert mc10.mean() == pytest.approx(elbo, abs=0.05)
+    assert (iwae10 <= mc10).all()  # Jensen, image by image
 
 
 def test_bits_per_dim_converts_nats():
@@ -158,6 +160,14 @@ def test_fid_handles_singular_covariances_and_rejects_non_psd_ones():
     assert fid(a, a) == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(ValueError, match="imaginary part"):
         frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+
+
+def test_knn_radii_skip_the_point_itself():
+    points = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    assert knn_radii(points, 1).tolist() == [1.0, 1.0, 2.0, 3.0]
+    assert knn_radii(points, 2).tolist() == [3.0, 2.0, 3.0, 5.0]
+    with pytest.raises(ValueError, match="more than k=4 points"):
+        knn_radii(points, 4)
 
 
 def test_precision_recall_oracles():
@@ -272,6 +282,8 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     assert m["nelbo"] == pytest.approx(m["recon"] + m["kl"])
     assert m["nelbo_above_floor"] == pytest.approx(m["nelbo"] - ref.numbers["bce_floor_test"])
     assert m["iwae_gain"] >= 0 and 0 <= m["active_units"] <= 3
+    assert m["iwae_nll"] == pytest.approx(m["nelbo"] - m["iwae_gain"])
+    assert result.details["iwae"]["images"] == 12
     assert m["frozen_diversity_sigma_0_1"] < m["frozen_diversity_sigma_1_0"]
     a = result.arrays
     shapes = {k: (v.shape, v.dtype.name) for k, v in a.items()}

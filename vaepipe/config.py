@@ -111,15 +111,15 @@ class ClassifierConfig(_Section):
 
 class EvaluateConfig(_Section):
     """Sample counts of the evaluate stage; they set its cost and its noise."""
-    samples: int = Field(5000, ge=100, description="images per generated set (FID, P/R); "
+    samples: int = Field(2000, ge=100, description="images per generated set (FID, P/R); "
                                                   "the first 100 prior samples are saved")
     iwae_samples: int = Field(100, ge=1, description="K of the importance-weighted bound")
-    iwae_images: int = Field(500, ge=1, description="test images the IWAE bound is taken on")
+    iwae_images: int = Field(200, ge=1, description="test images the IWAE gain is measured on")
     iwae_batch: int = Field(50, ge=1, description="images per decoder call (x K latents)")
     pr_neighbours: int = Field(3, ge=1, description="k of the k-NN manifolds of P/R")
-    probe_images: int = Field(10000, ge=10, description="training images the probe fits on")
-    silhouette_images: int = Field(5000, ge=10, description="test latents in the silhouette")
-    diversity_images: int = Field(1000, ge=2, description="images in each diversity mean")
+    probe_images: int = Field(5000, ge=10, description="training images the probe fits on")
+    silhouette_images: int = Field(2000, ge=10, description="test latents in the silhouette")
+    diversity_images: int = Field(500, ge=2, description="images in each diversity mean")
     batch_size: int = Field(1000, ge=1, description="images per encoder/decoder/feature call")
 
 

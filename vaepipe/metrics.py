@@ -118,17 +118,19 @@ def knn_radii(features: torch.Tensor, k: int, chunk: int = 1000) -> torch.Tensor
     return radii
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
-                     chunk: int = 1000) -> tuple[float, float]:
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 1000,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of (N, F) feature sets.
 
     Each set's manifold is the union of balls around its points with radius the distance to
     the k-th nearest neighbour in the same set. Precision: the share of fake points inside the
-    real manifold; recall: the share of real points inside the fake manifold.
+    real manifold; recall: the share of real points inside the fake manifold. ``real_radii``
+    (from :func:`knn_radii`) saves recomputing them when one real set meets many fake ones.
     """
     r = torch.as_tensor(np.asarray(real, dtype=np.float32))
     f = torch.as_tensor(np.asarray(fake, dtype=np.float32))
-    r_radii, f_radii = knn_radii(r, k, chunk), knn_radii(f, k, chunk)
+    r_radii = knn_radii(r, k, chunk) if real_radii is None else real_radii
+    f_radii = knn_radii(f, k, chunk)
     fake_in_real = torch.zeros(len(f), dtype=torch.bool)
     real_in_fake = torch.zeros(len(r), dtype=torch.bool)
     for start, d in _distance_chunks(f, r, chunk):  # d: (chunk of fake, N_real)
