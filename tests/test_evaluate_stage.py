@@ -1,4 +1,4 @@
-"""train-classifier and evaluate: through real DVC on tiny data, and their input checks in process."""
+"""train-classifier and evaluate through real DVC on tiny data; their input checks in process."""
 import importlib.util
 import json
 import math

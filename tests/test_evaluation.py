@@ -49,7 +49,8 @@ def exact_nll(model, images):
     x = images.double().flatten(1) / 255.0                             # (N, 4)
     logits = model.a.double().flatten()[None] * z[:, None] + model.c.double().flatten()[None]
     # Bernoulli log-likelihood of grey levels, summed over pixels: (N, G)
-    log_px_z = x @ nn.functional.logsigmoid(logits).T + (1 - x) @ nn.functional.logsigmoid(-logits).T
+    logsig = nn.functional.logsigmoid
+    log_px_z = x @ logsig(logits).T + (1 - x) @ logsig(-logits).T
     log_joint = log_px_z + Normal(0.0, 1.0).log_prob(z)[None]
     dz = (z[1] - z[0]).item()
     return -(torch.logsumexp(log_joint, dim=1) + math.log(dz)).mean().item()

@@ -34,20 +34,23 @@ FROZEN_SIGMAS = (0.1, 0.5, 1.0)
 N_SAVED_SAMPLES = 100  # prior samples kept for the figures
 N_SAVED_RECON = 16     # test images (and reconstructions) kept for the figures
 N_SAVED_FROZEN = 64    # images per frozen-latent condition kept for the figures
-# The per-checkpoint metrics, in the order reports/evaluate.json lists them.
-METRICS = ("recon", "kl", "nelbo", "bpd", "nelbo_above_floor", "iwae_nll", "iwae_gain",
-           "active_units", "fid", "precision", "recall", "fid_recon", "probe_accuracy",
-           "silhouette", "frozen_diversity_prior",
-           *(f"frozen_diversity_sigma_{s}" for s in ("0_1", "0_5", "1_0")),
-           *(f"frozen_fid_sigma_{s}" for s in ("0_1", "0_5", "1_0")))
 # Offsets added to the run's seed, one generator per purpose: drawing more of one kind of
-# noise (a larger K, more samples) never changes another kind.
-NOISE_ELBO, NOISE_IWAE, NOISE_PRIOR, NOISE_FROZEN, NOISE_SUBSETS = range(5)
+# noise (a larger K, more samples, a larger subset) never changes another kind.
+(NOISE_ELBO, NOISE_IWAE, NOISE_PRIOR, NOISE_FROZEN, SUBSET_PROBE, SUBSET_IWAE, SUBSET_TEST,
+ SUBSET_VAL) = range(8)
 
 
 def frozen_key(sigma: float) -> str:
     """Metric-name suffix of a frozen-latent sigma without a dot: 0.1 -> 'sigma_0_1'."""
     return "sigma_" + f"{sigma:g}".replace(".", "_") + ("_0" if float(sigma).is_integer() else "")
+
+
+# The per-checkpoint metrics, in the order reports/evaluate.json lists them.
+METRICS = ("recon", "kl", "nelbo", "bpd", "nelbo_above_floor", "iwae_nll", "iwae_gain",
+           "active_units", "fid", "precision", "recall", "fid_recon", "probe_accuracy",
+           "silhouette", "frozen_diversity_prior",
+           *(f"frozen_diversity_{frozen_key(s)}" for s in FROZEN_SIGMAS),
+           *(f"frozen_fid_{frozen_key(s)}" for s in FROZEN_SIGMAS))
 
 
 def _generator(seed: int, offset: int) -> torch.Generator:
@@ -161,8 +164,9 @@ class Reference:
     numbers: dict = field(default_factory=dict)  # the report's `reference` block
 
 
-def _subset(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def _subset(n: int, size: int, seed: int, offset: int) -> np.ndarray:
     """Sorted indices of a seeded subset of ``size`` out of ``n`` (all of them if fewer)."""
+    rng = np.random.default_rng(seed * 1000 + offset)
     return np.arange(n) if size >= n else np.sort(rng.choice(n, size, replace=False))
 
 
@@ -177,12 +181,11 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
     with the test set, using as many images as a generated set has, so the floor carries the
     same small-sample bias as the models' numbers.
     """
-    rng = np.random.default_rng(seed * 1000 + NOISE_SUBSETS)
     test_x = torch.as_tensor(test[0]).to(device)
-    probe = _subset(len(train[0]), cfg.probe_images, rng)
-    iwae = _subset(len(test[0]), cfg.iwae_images, rng)
-    pr = _subset(len(test[0]), cfg.samples, rng)
-    real = _subset(len(val[0]), cfg.samples, rng)
+    probe = _subset(len(train[0]), cfg.probe_images, seed, SUBSET_PROBE)
+    iwae = _subset(len(test[0]), cfg.iwae_images, seed, SUBSET_IWAE)
+    pr = _subset(len(test[0]), cfg.samples, seed, SUBSET_TEST)
+    real = _subset(len(val[0]), cfg.samples, seed, SUBSET_VAL)
     test_features = features(classifier, test_x, cfg.batch_size)
     test_stats = gaussian_stats(test_features)
     val_features = features(classifier, torch.as_tensor(val[0][real]).to(device), cfg.batch_size)

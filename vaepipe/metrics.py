@@ -102,7 +102,7 @@ def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 
 def _distance_chunks(a: torch.Tensor, b: torch.Tensor, chunk: int):
-    """Yield ``(start, ||a[start:start+chunk] - b||)`` blocks: a (N, N_b) matrix never lives whole."""
+    """Yield ``(start, distances of a[start:start + chunk] to b)``: (N, N_b) never lives whole."""
     for start in range(0, len(a), chunk):
         yield start, torch.cdist(a[start:start + chunk], b)
 
