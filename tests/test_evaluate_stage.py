@@ -165,3 +165,37 @@ def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
     model, ckpt = load_classifier(tmp_path / "c.pt")
     assert ckpt["params"]["classifier"]["features"] == 8 and len(ckpt["history"]) == 2
     assert "beta" not in ckpt["params"]
+
+
+def test_evaluate_stage_in_process_writes_every_output(tmp_path, tiny_split):
+    # the fast suite's check of the stage script (the DVC test above is marked slow)
+    import torch
+    from vaepipe.classifier import Classifier, save_classifier
+    from vaepipe.models import build_model
+    from vaepipe.training import save_checkpoint
+
+    torch.manual_seed(0)
+    save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
+                    {"epochs": 1, "metrics": {"test_accuracy": 0.5}})
+    for kind, args in (("mlp", {"hidden": (16,)}), ("conv", {"channels": (4, 8)})):
+        model = build_model(kind, image_shape=(1, 28, 28), latent_dim=2, **args)
+        for epoch, name in enumerate(CHECKPOINTS, 1):
+            if name == "final":  # same weights as best: evaluated once, reported twice
+                epoch = 2
+            else:
+                torch.nn.init.normal_(next(model.parameters()), std=0.1 * epoch)
+            save_checkpoint(tmp_path / f"models/{kind}/{name}.pt", model, epoch, {},
+                            {"params": {kind: {"likelihood": "bernoulli", "obs_std": 1.0}}})
+    (tmp_path / "params.yaml").write_text(
+        "device: cpu\nevaluate:\n  samples: 100\n  iwae_samples: 3\n  iwae_images: 8\n"
+        "  probe_images: 40\n  silhouette_images: 20\n  diversity_images: 10\n")
+    assert _stage("evaluate")(_evaluate_args(tmp_path, tiny_split)) == 0
+    report = json.loads((tmp_path / "evaluate.json").read_text())
+    assert report["mlp"]["best"] == report["mlp"]["final"] != report["mlp"]["epoch_01"]
+    details = json.loads((tmp_path / "details.json").read_text())
+    assert details["conv"]["final"]["same_weights_as"] == "best"
+    assert details["conv"]["best"]["same_weights_as"] is None
+    assert (tmp_path / "arrays/conv/final.npz").read_bytes() == (
+        tmp_path / "arrays/conv/best.npz").read_bytes()
+    summary = (tmp_path / "eval.md").read_text()
+    assert "| NELBO (nats) |" in summary and "test accuracy is 50.00 %" in summary
