@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,9 @@ def test_evaluate_stage_in_process_writes_every_output(tmp_path, tiny_split):
         tmp_path / "arrays/conv/best.npz").read_bytes()
     summary = (tmp_path / "eval.md").read_text()
     assert "| NELBO (nats) |" in summary and "test accuracy is 50.00 %" in summary
+    # every row of a markdown table has as many cells as its header (an unescaped | splits one)
+    tables = re.findall(r"(?:^\|.*\n)+", summary, flags=re.M)
+    assert len(tables) == 4
+    for table in tables:
+        widths = {len(re.split(r"(?<!\\)\|", row)) for row in table.splitlines()}
+        assert len(widths) == 1, table

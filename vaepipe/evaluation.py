@@ -330,8 +330,9 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 # The readable summary, reports/evaluation.md
 
 _ROWS = [  # (metric, label, format)
-    ("recon", "reconstruction -log p(x|z) (nats)", ".2f"),
-    ("kl", "KL(q(z|x) ‖ p(z)) (nats)", ".2f"),
+    # a bare "|" would split a table cell: escaped, as GitHub-flavoured markdown reads it
+    ("recon", r"reconstruction -log p(x \| z) (nats)", ".2f"),
+    ("kl", r"KL(q(z \| x) ‖ p(z)) (nats)", ".2f"),
     ("nelbo", "NELBO (nats)", ".2f"),
     ("bpd", "bits/dim", ".4f"),
     ("nelbo_above_floor", "NELBO above the BCE floor (nats)", ".2f"),
