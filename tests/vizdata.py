@@ -10,7 +10,9 @@ history per beta). ``stage_args(root)`` are the visualize stage's arguments for 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,40 @@ def stage_args(root: Path) -> list[str]:
             "--train-reports", str(r / "reports/train"), "--figures", str(r / "reports/figures"),
             "--report", str(r / "reports/report.md"), "--html", str(r / "reports/report.html"),
             "--params", str(r / "params.yaml")]
+
+
+def run_stage(root: Path, argv: list[str] | None = None) -> int:
+    """Run ``stages/visualize.py``'s ``main`` in this process on :func:`write_inputs`' layout.
+
+    The stage reads git and params relative to the working directory: chdir to ``root`` first.
+    """
+    script = Path(__file__).resolve().parent.parent / "stages/visualize.py"
+    spec = importlib.util.spec_from_file_location("visualize_stage", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(stage_args(root) if argv is None else argv)
+
+
+_BUILT: dict[str, Path] = {}
+
+
+def built_once(tmp_path_factory) -> Path:
+    """A root where the stage ran on :func:`write_inputs`' defaults; built once per session.
+
+    test_report.py and test_browser.py both look at it: one stage run serves both.
+    """
+    if "root" not in _BUILT:
+        root = tmp_path_factory.mktemp("visualize")
+        write_inputs(root)
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            if run_stage(root) != 0:
+                raise RuntimeError("the visualize stage failed on the tiny inputs")
+        finally:
+            os.chdir(cwd)
+        _BUILT["root"] = root
+    return _BUILT["root"]
 
 
 def _images(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

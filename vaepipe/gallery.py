@@ -294,7 +294,7 @@ def draw_models(runs: Sequence[ModelRun], test_images: np.ndarray, test_labels: 
     entries: list[FigureEntry] = []
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {(run.name, c): pool.submit(latent.tsne_2d, run.evaluations[c]["mu"][keep],
-                                              seed, cfg.tsne_perplexity, cfg.tsne_iterations, 1)
+                                              seed, cfg.tsne_perplexity, cfg.tsne_iterations)
                    for run in runs for c in COMPARED}
         for run in runs:
             entries += draw_model(run, test_images, test_labels, class_names, cfg, seed, out_dir,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from vaepipe.models import VAE
 
@@ -56,19 +57,22 @@ def pca_2d(x: np.ndarray, fit_on: np.ndarray | None = None) -> tuple[np.ndarray,
     return coords.astype(np.float32), explained
 
 
-def tsne_2d(x: np.ndarray, seed: int, perplexity: float = 30.0, iterations: int = 500,
-            n_jobs: int = -1) -> np.ndarray:
+def tsne_2d(x: np.ndarray, seed: int, perplexity: float = 30.0, iterations: int = 500
+            ) -> np.ndarray:
     """t-SNE (scikit-learn, Barnes-Hut, PCA initialisation) of ``x`` (N, Z) to (N, 2).
 
-    The perplexity is capped below N / 3 so that small test sets still embed.
+    Runs on one thread: the result is then the same on every machine, and several fits can run
+    side by side instead (:func:`vaepipe.gallery.draw_models` explains why that is faster on a
+    small shared CPU). The perplexity is capped below N / 3 so that small test sets still embed.
     """
     from sklearn.manifold import TSNE  # imported here: scikit-learn takes ~1 s to import
 
     x = np.asarray(x, np.float32)
     perplexity = float(min(perplexity, max(1.0, (len(x) - 1) / 3.0 - 1e-3)))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                max_iter=iterations, random_state=seed, n_jobs=n_jobs)
-    return tsne.fit_transform(x).astype(np.float32)
+                max_iter=iterations, random_state=seed, n_jobs=1)
+    with threadpool_limits(1):
+        return tsne.fit_transform(x).astype(np.float32)
 
 
 def posterior_samples(mu: np.ndarray, logvar: np.ndarray, seed: int
