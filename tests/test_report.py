@@ -52,10 +52,10 @@ def test_report_says_what_was_run_and_embeds_the_tables_verbatim(built):
     text = (built / "reports/report.md").read_text()
     assert "| dataset | fashion-mnist:" in text
     assert "| device, MLP VAE | cpu (test, 2 threads) |" in text
-    assert "| git revision | unknown (not a git checkout) |" in text
+    assert "| git revision | unknown (no git commit here) |" in text
     assert "epoch 1 and best (epoch 3 of 3)" in text
     # the fixture's params.yaml shortens t-SNE: the one param that differs from the defaults
-    assert "| `visualize.tsne_iterations` | `250` | `500` |" in text
+    assert "| `visualize.tsne_iterations` | `250` | `350` |" in text
     assert vizdata.EVALUATION_MD.strip() in text
     assert vizdata.SWEEP_MD.strip() in text
     # one line per figure, with a number from evaluate.json where it has one

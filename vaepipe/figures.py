@@ -20,6 +20,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Patch
+from matplotlib.textpath import TextToPath
 
 from vaepipe.io import atomic_path
 
@@ -30,11 +33,11 @@ PANEL_TITLE_PX = 22
 COL_LABEL_PX = 18
 MARGIN_PX = 8
 PANEL_GAP_PX = 24
-CHAR_PX = 7.0      # width of one label character at LABEL_PT (DejaVu Sans, approximately)
-TITLE_CHAR_PX = 8.5
 LABEL_PT = 9.0
+SMALL_LABEL_PT = 7.0  # column labels of grids whose cells are narrower than 50 px
 TITLE_PT = 12.0
 PANEL_TITLE_PT = 10.0
+_TEXT_TO_PATH = TextToPath()
 CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf")  # matplotlib's tab10
 
@@ -101,8 +104,15 @@ def as_grid(images: np.ndarray, ncols: int) -> np.ndarray:
     return images.reshape(rows, ncols, *images.shape[1:])
 
 
+def _text_px(text: str, size_pt: float, bold: bool = False) -> int:
+    """Width in pixels of ``text`` drawn in matplotlib's default font at ``size_pt``."""
+    prop = FontProperties(size=size_pt, weight="bold" if bold else "normal")
+    width_pt, _, _ = _TEXT_TO_PATH.get_text_width_height_descent(text, prop, ismath=False)
+    return int(math.ceil(width_pt * DPI / 72))
+
+
 def _label_px(labels: Sequence[str]) -> int:
-    return int(math.ceil(max(len(s) for s in labels) * CHAR_PX)) + 6 if labels else 0
+    return max(_text_px(s, LABEL_PT) for s in labels) + 10 if labels else 0
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ def _grid_layout(panels: Sequence[Panel], title: str, scale: int, ncols: int) ->
     head = ((PANEL_TITLE_PX if any(p.title for p in panels) else 0)
             + (COL_LABEL_PX if any(p.col_labels for p in panels) else 0))
     width = 2 * MARGIN_PX + ncols * (label_w + panel_w) + (ncols - 1) * PANEL_GAP_PX
-    width = max(width, int(len(title) * TITLE_CHAR_PX) + 2 * MARGIN_PX)
+    width = max(width, _text_px(title, TITLE_PT, bold=True) + 4 * MARGIN_PX)
     row_step = head + panel_h + PANEL_GAP_PX
     height = TITLE_PX + nrows * row_step - PANEL_GAP_PX + MARGIN_PX
     return _GridLayout(width, height, panel_w, panel_h, label_w, TITLE_PX + head, ncols,
@@ -178,10 +188,11 @@ def image_grid(panels: Sequence[Panel], path: str | Path, title: str, scale: int
             above = COL_LABEL_PX if panel.col_labels else 0
             fig.text((x0 + layout.panel_w / 2) / W, 1 - (y_top - above - PANEL_TITLE_PX / 2) / H,
                      panel.title, ha="center", va="center", fontsize=PANEL_TITLE_PT)
+        col_pt = LABEL_PT if cell_w >= 50 else SMALL_LABEL_PT
         for j, label in enumerate(panel.col_labels[:cols]):
             cx = x0 + GAP * scale / 2 + j * cell_w + cell_w / 2
             fig.text(cx / W, 1 - (y_top - COL_LABEL_PX / 2) / H, label, ha="center",
-                     va="center", fontsize=LABEL_PT)
+                     va="center", fontsize=col_pt)
         for j, label in enumerate(panel.row_labels[:rows]):
             cy = y_top + GAP * scale / 2 + j * cell_h + cell_h / 2
             fig.text((x0 - 4) / W, 1 - cy / H, label, ha="right", va="center",
@@ -238,7 +249,7 @@ def frozen_latents(frozen: np.ndarray, sigmas: Sequence[float], path: str | Path
         raise ValueError(f"frozen has {len(frozen)} conditions, sigmas give {len(names)}")
     panels = [Panel(as_grid(images[:side * side], side), title=name)
               for name, images in zip(names, frozen)]
-    return image_grid(panels, path, title, scale=1, ncols=len(panels))
+    return image_grid(panels, path, title, scale=2, ncols=2)
 
 
 def class_examples(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -312,7 +323,7 @@ def latent_scatter(panels: Mapping[str, np.ndarray], labels: np.ndarray,
     return _save(fig, path)
 
 
-CURVES_SIZE_PX = (1500, 440)
+CURVES_SIZE_PX = (1500, 470)
 
 
 def loss_curves(history: Mapping[str, np.ndarray], path: str | Path, title: str,
@@ -324,7 +335,7 @@ def loss_curves(history: Mapping[str, np.ndarray], path: str | Path, title: str,
     ``val_kl``, ``val_nelbo``).
     """
     fig = _figure(*CURVES_SIZE_PX)
-    axes = _plot_axes(fig, 1, 3, left=70, right=60, top=TITLE_PX + 30, bottom=50,
+    axes = _plot_axes(fig, 1, 3, left=70, right=60, top=TITLE_PX + 30, bottom=85,
                       wspace=0.42)[0]
     epoch = np.asarray(history["epoch"])
     panels = (("total loss", "train_loss", "val_loss"), ("reconstruction", "train_recon",
@@ -355,7 +366,7 @@ def loss_curves(history: Mapping[str, np.ndarray], path: str | Path, title: str,
         got = a.get_legend_handles_labels()
         lines += got[0]
         names += got[1]
-    axes[0].legend(lines, names, fontsize=8, loc="upper right")
+    fig.legend(lines, names, fontsize=9, loc="lower center", ncol=len(names), frameon=False)
     _title(fig, title)
     return _save(fig, path)
 
@@ -394,14 +405,16 @@ def kl_per_dimension(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], path: 
     for ax, (name, (kl, active)) in zip(axes, panels.items()):
         kl, active = np.asarray(kl), np.asarray(active, bool)
         dims = np.arange(len(kl))
-        ax.bar(dims[active], kl[active], color="#1f77b4",
-               label=f"active (Var_x(mu) > {threshold:g})")
-        ax.bar(dims[~active], kl[~active], color="0.8", hatch="//", edgecolor="0.5",
-               label="inactive")
+        on = {"color": "#1f77b4"}
+        off = {"facecolor": "0.8", "hatch": "//", "edgecolor": "0.5"}
+        ax.bar(dims[active], kl[active], **on)
+        ax.bar(dims[~active], kl[~active], **off)
         ax.set_title(f"{name}: {int(active.sum())} of {len(kl)} dimensions active, "
                      f"total KL {kl.sum():.1f} nats", fontsize=PANEL_TITLE_PT)
         ax.set_ylabel("KL (nats per image)")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend([Patch(**on), Patch(**off)],
+                  [f"active: Var_x(mu_u) > {threshold:g}", "inactive"], fontsize=8,
+                  loc="upper right")
         ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xlabel("latent dimension")

@@ -186,8 +186,8 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         rows[labels[c]] = latent.decode_images(run.decoders[c], z)
     names = (class_names[test_labels[a]], class_names[test_labels[b]])
     path = out / f"{m}_interpolation.png"
-    figures.interpolation(rows, alphas, path, f"{title}: from a {names[0]} (test #{a}) to a "
-                          f"{names[1]} (test #{b}), alpha from 0 to 1")
+    figures.interpolation(rows, alphas, path, f"{title}: interpolation from {names[0]} "
+                          f"(test #{a}) to {names[1]} (test #{b}), alpha 0 to 1")
     drawn.append(_entry(path, group, "Interpolation",
                         f"Decoded (1 - alpha) mu_a + alpha mu_b in {cfg.interpolation_steps} "
                         f"steps between the latent means of a {names[0]} and a {names[1]}."))
@@ -240,7 +240,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
     best = ev["best"]
     path = out / f"{m}_frozen_latents.png"
     figures.frozen_latents(best["frozen"], best["frozen_sigmas"].tolist(), path,
-                           f"{title} ({labels['best']}): samples with the latent frozen at "
+                           f"{title}, {labels['best']}: samples with the latent frozen at "
                            f"mu = 0 and a fixed sigma")
     drawn.append(_entry(path, group, "Frozen latent parameters",
                         "Seed 002's experiment on the best checkpoint: z ~ N(0, I) beside "

@@ -65,7 +65,7 @@ def git_revision(cwd: str | Path = ".") -> str:
         rev = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
+        return "unknown (no git commit here)"
     return f"`{rev}`" + (" with uncommitted changes (an experiment or work in progress)"
                          if dirty else "")
 
@@ -92,7 +92,7 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
              "of the seeds, the first epoch beside the best one. Written by the `visualize` "
              "stage of `dvc repro` from the saved outputs of training, `evaluate` and the beta "
              "sweep; `report.html` is the same page in one file that opens offline.", "",
-             "## What was run", "", "| | |", "|---|---|",
+             "## What was run", "", "| what | value |", "|---|---|",
              f"| git revision | {info.revision} |",
              f"| dataset | {info.dataset}{': ' + info.data_note if info.data_note else ''} |"]
     for model, device in info.devices.items():
