@@ -1,6 +1,9 @@
 """The visualize stage and its report: every figure listed, nothing missing, offline HTML, DVC."""
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +177,39 @@ def test_dvc_yaml_declares_what_the_stage_reads_and_writes():
     for flag, path in args.items():
         covered = path in deps or path in outs or any(d.startswith(path + "/") for d in deps)
         assert covered, f"--{flag} {path} is neither a dep nor an out"
+
+
+def test_dvc_plots_show_draws_the_declared_plots_offline(tmp_path):
+    """The repo's top-level plots and offline template, on a minimal project with tiny files."""
+    project = tmp_path / "p"
+    project.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+
+    def run(*cmd):
+        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}, sort_keys=False))
+    shutil.copy2(REPO / ".dvc/config", project / ".dvc/config")
+    shutil.copy2(REPO / ".dvc/plots_offline.html", project / ".dvc/plots_offline.html")
+    vizdata.write_inputs(project, sweep=False)  # the histories among them
+    figures = project / "reports/figures"
+    figures.mkdir()
+    for name in ("mlp_traversal.png", "conv_samples_8x8.png"):
+        Image.new("L", (30, 20), 128).save(figures / name)
+    run(*dvc, "plots", "show", "-o", "out")
+    page = (project / "out/index.html").read_text()
+    for name in ("mlp_traversal.png", "conv_samples_8x8.png"):
+        assert f"<p>reports/figures/{name}</p>" in page          # the image plots
+    for plot_id in ("reports_train_mlp_history_csv", "reports_train_conv_history_csv",
+                    "val_nelbo"):
+        assert f"vegaEmbed('#{plot_id}', spec)" in page          # the history curves
+    assert "/* vega-embed@" in page and not re.search(r'src="https?://', page)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ Every function returns :class:`~vaepipe.report.FigureEntry` records that the rep
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -280,8 +281,10 @@ def scatter_indices(n_test: int, cfg: VisualizeConfig, seed: int) -> np.ndarray:
 
 def draw_models(runs: Sequence[ModelRun], test_images: np.ndarray, test_labels: np.ndarray,
                 class_names: Sequence[str], cfg: VisualizeConfig, seed: int,
-                out_dir: str | Path, workers: int = 2) -> list[FigureEntry]:
+                out_dir: str | Path, workers: int | None = None) -> list[FigureEntry]:
     """:func:`draw_model` for each run, the t-SNE fits running in ``workers`` threads meanwhile.
+
+    ``workers`` defaults to the number of CPU cores, at most one per fit.
 
     scikit-learn's Barnes-Hut t-SNE is OpenMP-parallel inside one fit; on a 2-core machine
     shared with other work its thread barriers made one fit 2.4x slower than a single thread
@@ -292,6 +295,7 @@ def draw_models(runs: Sequence[ModelRun], test_images: np.ndarray, test_labels: 
     """
     keep = scatter_indices(len(test_labels), cfg, seed)
     entries: list[FigureEntry] = []
+    workers = workers or max(1, min(len(runs) * len(COMPARED), os.cpu_count() or 1))
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {(run.name, c): pool.submit(latent.tsne_2d, run.evaluations[c]["mu"][keep],
                                               seed, cfg.tsne_perplexity, cfg.tsne_iterations)
