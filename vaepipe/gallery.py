@@ -138,7 +138,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
     recon = _metric(run, "recon")
     drawn.append(_entry(path, group, "Reconstructions",
                         f"Top row: {len(idx[0])} test images; below, each checkpoint's "
-                        f"reconstruction (decoder mean), {versus}"
+                        f"reconstruction of them as `evaluate` saved it, {versus}"
                         + (f"; test reconstruction term {recon} nats per image." if recon
                            else ".")))
 
