@@ -98,6 +98,17 @@ class SweepConfig(_Section):
         (0, 1, 7), strict=False, min_length=2)
 
 
+class VisualizeConfig(_Section):
+    """The visualize stage: how many latent means the scatter plots draw and the latent walks."""
+    scatter_points: int = Field(3000, ge=10, description="test latent means in PCA/t-SNE plots")
+    tsne_perplexity: float = Field(30.0, gt=0, allow_inf_nan=False)
+    tsne_iterations: int = Field(350, ge=250, description="scikit-learn max_iter (>= 250)")
+    interpolation_steps: int = Field(10, ge=2)
+    traversal_steps: int = Field(11, ge=2)
+    traversal_span: float = Field(3.0, gt=0, allow_inf_nan=False,
+                                  description="each latent value runs from -span to +span")
+
+
 class Params(_Section):
     seed: int = Field(42, ge=0)
     device: Device = "auto"
@@ -107,6 +118,7 @@ class Params(_Section):
     mlp: MLPConfig = MLPConfig()
     conv: ConvConfig = ConvConfig()
     sweep: SweepConfig = SweepConfig()
+    visualize: VisualizeConfig = VisualizeConfig()
 
 
 # --------------------------------------------------------------------------------------------
