@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     recorder.start(model)
     try:
         result = fit(model, train_x, val_x, cfg, args.beta, params.seed, device,
-                     progress=False, on_batch=recorder)
+                     on_batch=recorder)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

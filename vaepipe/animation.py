@@ -83,30 +83,31 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     fig = Figure(figsize=(5.2, 6.6), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, 1, height_ratios=[5, 1.5], hspace=0.12,
-                            left=0.14, right=0.97, top=0.9, bottom=0.03)
+                            left=0.14, right=0.97, top=0.86, bottom=0.03)
     ax = fig.add_subplot(grid[0])
     strip_ax = fig.add_subplot(grid[1])
 
     colours = colormaps["tab10"]
     scatters = []
     for k, (cls, name) in enumerate(zip(class_ids, class_names)):
-        mask = labels == cls
-        scatters.append((mask, ax.scatter([], [], s=6, alpha=0.6, color=colours(k % 10),
-                                          label=f"{cls}: {name}", linewidths=0)))
+        points = ax.scatter([], [], s=6, alpha=0.6, color=colours(k % 10),
+                            label=f"{cls}: {name}", linewidths=0, animated=True)
+        scatters.append((labels == cls, points))
     for radius in (1, 2):  # the prior N(0, I): 1 and 2 standard deviations
         ax.add_patch(Circle((0, 0), radius, fill=False, ls="--", lw=0.8, color="0.6"))
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
     ax.set_aspect("equal")
-    ax.set_xlabel(r"$\mu_1$")
+    ax.set_xlabel(r"$\mu_1$   (dashed: 1 and 2 sd of the prior N(0, I))", fontsize=9)
     ax.set_ylabel(r"$\mu_2$")
-    ax.legend(loc="upper right", fontsize=8, markerscale=2.5, framealpha=0.85)
-    ax.text(0.01, 0.01, "dashed: 1 and 2 sd of the prior N(0, I)", transform=ax.transAxes,
-            fontsize=7, color="0.4")
-    heading = fig.suptitle("", fontsize=11)
+    # above the axes, so the points never hide it (they are drawn last, see below)
+    fig.legend(handles=[p for _, p in scatters], loc="upper center", ncols=len(scatters),
+               bbox_to_anchor=(0.55, 0.915), fontsize=8, markerscale=2.5, frameon=False,
+               handletextpad=0.1, columnspacing=1.0)
+    heading = fig.suptitle("", fontsize=11, animated=True)
 
     image = strip_ax.imshow(strip_image(originals, originals), cmap="gray", vmin=0, vmax=255,
-                            interpolation="nearest")
+                            interpolation="nearest", animated=True)
     h = originals.shape[1]
     strip_ax.set_xticks([])
     strip_ax.set_yticks([h / 2, h + GAP + h / 2], ["original", "reconstr."], fontsize=8)
@@ -114,20 +115,32 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     for side in strip_ax.spines.values():
         side.set_visible(False)
 
-    pictures, record = [], {"xlim": list(xlim), "ylim": list(ylim), "frames": []}
+    # Blitting: the static parts (axes, ticks, legend, circles) are drawn once; each frame
+    # restores them and draws only the animated artists, about 5x faster than a full draw.
+    canvas.draw()
+    background = canvas.copy_from_bbox(fig.bbox)
+    rgbs, record = [], {"xlim": list(xlim), "ylim": list(ylim), "frames": []}
     for frame in frames:
+        canvas.restore_region(background)
         for mask, points in scatters:
             points.set_offsets(frame.mu[mask, :2])
+            ax.draw_artist(points)
         image.set_data(strip_image(originals, frame.recon))
+        strip_ax.draw_artist(image)
         when = ("before training" if frame.epoch == 0 else
                 f"epoch {frame.epoch}/{epochs}, batch {frame.batch}/{batches_per_epoch}")
         heading.set_text(f"{title}\n{when}")
-        canvas.draw()
-        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-        pictures.append(Image.fromarray(rgb).quantize(colors=128, dither=Image.Dither.NONE))
+        fig.draw_artist(heading)
+        rgbs.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
         record["frames"].append({"epoch": frame.epoch, "batch": frame.batch,
                                  "xlim": list(ax.get_xlim()), "ylim": list(ax.get_ylim())})
 
+    # one palette for every frame, from the first and last (noise and trained greys, every
+    # class colour): no colour flicker between frames, and one palette search instead of many
+    palette = Image.fromarray(np.concatenate([rgbs[0], rgbs[-1]])).quantize(
+        colors=128, dither=Image.Dither.NONE)
+    pictures = [Image.fromarray(rgb).quantize(palette=palette, dither=Image.Dither.NONE)
+                for rgb in rgbs]
     durations = [frame_ms] * (len(pictures) - 1) + [last_ms]
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
