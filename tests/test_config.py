@@ -91,6 +91,16 @@ REJECTED = [
     ({"sweep": {"classes": [1]}}, "sweep.classes must list at least 2 value(s), got [1]"),
     ({"sweep": {"classes": [1, 1]}}, "sweep.classes must not repeat a class, got [1, 1]"),
     ({"sweep": {"betas": [0.1, -1]}}, "sweep.betas[1] must be >= 0, got -1.0"),
+    ({"sweep": {"betas": []}}, "sweep.betas must list at least 1 value(s), got []"),
+    ({"sweep": {"betas": [0.5, 1, 0.5]}}, "sweep.betas must not repeat a value, got [0.5, 1.0, 0.5]"),
+    ({"sweep": {"betas": [1, 1.0]}}, "sweep.betas must not repeat a value, got [1.0, 1.0]"),
+    ({"sweep": {"betas": 0.5}}, "sweep.betas must be a list of numbers, got 0.5"),
+    ({"sweep": {"channels": []}}, "sweep.channels must list at least 1 value(s), got []"),
+    ({"sweep": {"channels": [32, 0]}}, "sweep.channels[1] must be >= 1, got 0"),
+    ({"sweep": {"batch_size": 0}}, "sweep.batch_size must be >= 1, got 0"),
+    ({"sweep": {"lr": 0}}, "sweep.lr must be > 0 and <= 1, got 0.0"),
+    ({"sweep": {"gif_frames": 1}}, "sweep.gif_frames must be >= 2, got 1"),
+    ({"sweep": {"gif_frame": 10}}, "unknown key sweep.gif_frame; allowed keys in sweep: betas"),
 ]
 
 
