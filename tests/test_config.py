@@ -101,6 +101,20 @@ REJECTED = [
     ({"sweep": {"lr": 0}}, "sweep.lr must be > 0 and <= 1, got 0.0"),
     ({"sweep": {"gif_frames": 1}}, "sweep.gif_frames must be >= 2, got 1"),
     ({"sweep": {"gif_frame": 10}}, "unknown key sweep.gif_frame; allowed keys in sweep: betas"),
+    ({"classifier": {"channels": []}}, "classifier.channels must list at least 1 value(s), got []"),
+    ({"classifier": {"channels": [16, 0]}}, "classifier.channels[1] must be >= 1, got 0"),
+    ({"classifier": {"features": 1}}, "classifier.features must be >= 2, got 1"),
+    ({"classifier": {"epochs": 0}}, "classifier.epochs must be >= 1, got 0"),
+    ({"classifier": {"lr": 2}}, "classifier.lr must be > 0 and <= 1, got 2.0"),
+    ({"classifier": {"beta": 1.0}}, "unknown key classifier.beta; allowed keys in classifier: "
+                                    "channels, features, epochs"),
+    ({"evaluate": {"samples": 99}}, "evaluate.samples must be >= 100, got 99"),
+    ({"evaluate": {"iwae_samples": 0}}, "evaluate.iwae_samples must be >= 1, got 0"),
+    ({"evaluate": {"iwae_batch": "50"}}, "evaluate.iwae_batch must be an integer, got '50'"),
+    ({"evaluate": {"pr_neighbours": 2.5}}, "evaluate.pr_neighbours must be an integer, got 2.5"),
+    ({"evaluate": {"diversity_images": 1}}, "evaluate.diversity_images must be >= 2, got 1"),
+    ({"evaluate": {"k": 3}}, "unknown key evaluate.k; allowed keys in evaluate: samples, "
+                             "iwae_samples"),
 ]
 
 

@@ -119,6 +119,31 @@ class VisualizeConfig(_Section):
                                   description="each latent value runs from -span to +span")
 
 
+class ClassifierConfig(_Section):
+    """The CNN whose penultimate layer is the feature space of FID and precision/recall."""
+    channels: tuple[PositiveInt, ...] = Field((16, 32), strict=False, min_length=1)
+    features: int = Field(128, ge=2, description="width of the penultimate (feature) layer")
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0, le=1, allow_inf_nan=False,
+                      description="Adam's starting learning rate, cosine-annealed to 0")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class EvaluateConfig(_Section):
+    """Sample counts of the evaluate stage; they set its cost and its noise."""
+    samples: int = Field(2000, ge=100, description="images per generated set (FID, P/R); "
+                                                  "the first 100 prior samples are saved")
+    iwae_samples: int = Field(100, ge=1, description="K of the importance-weighted bound")
+    iwae_images: int = Field(200, ge=1, description="test images the IWAE gain is measured on")
+    iwae_batch: int = Field(50, ge=1, description="images per decoder call (x K latents)")
+    pr_neighbours: int = Field(3, ge=1, description="k of the k-NN manifolds of P/R")
+    probe_images: int = Field(5000, ge=10, description="training images the probe fits on")
+    silhouette_images: int = Field(2000, ge=10, description="test latents in the silhouette")
+    diversity_images: int = Field(500, ge=2, description="images in each diversity mean")
+    batch_size: int = Field(1000, ge=1, description="images per encoder/decoder/feature call")
+
+
 class Params(_Section):
     seed: int = Field(42, ge=0)
     device: Device = "auto"
@@ -128,6 +153,8 @@ class Params(_Section):
     mlp: MLPConfig = MLPConfig()
     conv: ConvConfig = ConvConfig()
     sweep: SweepConfig = SweepConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     visualize: VisualizeConfig = VisualizeConfig()
 
 

@@ -1,0 +1,95 @@
+"""DVC stage evaluate: every measure of every VAE checkpoint on the test set.
+
+    python stages/evaluate.py --data data/processed/fashion-mnist --models models \
+        --classifier models/classifier.pt --arrays data/evaluate \
+        --metrics reports/evaluate.json --details reports/evaluate_details.json \
+        --summary reports/evaluation.md
+
+Writes ``<metrics>`` (``<model>.<checkpoint>.<metric>`` plus a ``reference`` block, numbers
+only), ``<details>`` (per-dimension lists, timings), ``<summary>`` (markdown) and
+``<arrays>/<model>/<checkpoint>.npz`` (latent means, samples, reconstructions, frozen-latent
+images) for the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from vaepipe.classifier import load_classifier
+from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
+from vaepipe.data.arrays import load_split
+from vaepipe.evaluation import (CHECKPOINTS, MODEL_KINDS, build_reference, evaluate_checkpoint,
+                                same_weights, summary_markdown, write_npz)
+from vaepipe.io import write_json, write_text
+from vaepipe.training import CheckpointError, DeviceError, load_checkpoint, resolve_device
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Evaluate every VAE checkpoint (a DVC stage).")
+    ap.add_argument("--data", required=True, type=Path, help="directory of train/val/test .npz")
+    ap.add_argument("--models", required=True, type=Path, help="holds <model>/<checkpoint>.pt")
+    ap.add_argument("--classifier", required=True, type=Path)
+    ap.add_argument("--arrays", required=True, type=Path, help="writes <model>/<checkpoint>.npz")
+    ap.add_argument("--metrics", required=True, type=Path)
+    ap.add_argument("--details", required=True, type=Path)
+    ap.add_argument("--summary", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    try:  # everything that can be wrong with the inputs, before any work
+        params = load_params(args.params)
+        device = resolve_device(params.device)
+        splits = {name: load_split(args.data, name) for name in ("train", "val", "test")}
+        classifier, clf_ckpt = load_classifier(args.classifier, device)
+        models = {kind: {ckpt: load_checkpoint(args.models / kind / f"{ckpt}.pt", device)
+                         for ckpt in CHECKPOINTS} for kind in MODEL_KINDS}
+    except (ConfigError, DeviceError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    cfg, seed = params.evaluate, params.seed
+    ref = build_reference(splits["train"], splits["val"], splits["test"], classifier, cfg, seed,
+                          device)
+    metrics: dict = {}
+    details: dict = {"reference_seconds": time.perf_counter() - start}
+    for kind, by_ckpt in models.items():
+        done: dict = {}
+        for name, (model, ckpt) in by_ckpt.items():
+            # the same weights (best.pt is final.pt when the last epoch is best) see the same
+            # seeded noise, so their numbers are equal: computed once
+            twin = next((other for other in done if same_weights(by_ckpt[other][0], model)), None)
+            if twin is not None:
+                result = done[twin]
+            else:
+                trained = ckpt.get("params", {}).get(kind, {})  # the likelihood it trained with
+                train_cfg = TrainConfig(likelihood=trained.get("likelihood", "bernoulli"),
+                                        obs_std=trained.get("obs_std", 1.0))
+                result = evaluate_checkpoint(model, train_cfg, ref, classifier, cfg, seed)
+                done[name] = result
+            metrics.setdefault(kind, {})[name] = result.metrics
+            details.setdefault(kind, {})[name] = {"epoch": ckpt["epoch"], "same_weights_as": twin,
+                                                  **result.details}
+            write_npz(args.arrays / kind / f"{name}.npz", result.arrays)
+            print(f"{kind}/{name}: nelbo {result.metrics['nelbo']:.2f}, iwae "
+                  f"{result.metrics['iwae_nll']:.2f}, fid {result.metrics['fid']:.2f}, "
+                  f"{sum(result.details['seconds'].values()):.1f} s")
+    metrics["reference"] = ref.numbers
+    details["params"] = {"seed": seed, "evaluate": to_dict(cfg)}
+    details["total_seconds"] = time.perf_counter() - start
+
+    clf = {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]}
+    dims = {kind: by_ckpt["best"][0].latent_dim for kind, by_ckpt in models.items()}
+    summary = summary_markdown({k: metrics[k] for k in MODEL_KINDS}, ref.numbers, clf, cfg, seed,
+                               params.data.dataset, dims)
+    write_json(args.metrics, metrics)
+    write_json(args.details, details)
+    write_text(args.summary, summary)
+    print(f"evaluate: {len(MODEL_KINDS) * len(CHECKPOINTS)} checkpoints in "
+          f"{details['total_seconds']:.0f} s on {device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""DVC stage train-classifier: the CNN whose features define FID and precision/recall.
+
+    python stages/train_classifier.py --data data/processed/fashion-mnist \
+        --out models/classifier.pt --metrics reports/classifier.json
+
+Reads only ``seed``, ``device`` and ``classifier.*`` (never ``beta`` or a VAE's params), so an
+experiment on the VAEs reuses the cached classifier.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from vaepipe.classifier import Classifier, accuracy, save_classifier, train_classifier
+from vaepipe.config import ConfigError, load_params, to_dict
+from vaepipe.data.arrays import load_split
+from vaepipe.data.catalog import NUM_CLASSES
+from vaepipe.io import write_json
+from vaepipe.training import DeviceError, device_name, resolve_device
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train the FID feature classifier (a DVC stage).")
+    ap.add_argument("--data", required=True, type=Path, help="directory of train/val/test .npz")
+    ap.add_argument("--out", required=True, type=Path, help="the checkpoint to write")
+    ap.add_argument("--metrics", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        device = resolve_device(params.device)
+        splits = {name: load_split(args.data, name) for name in ("train", "val", "test")}
+        cfg = params.classifier
+        train_x, train_y = splits["train"]
+        torch.manual_seed(params.seed)  # the initial weights
+        model = Classifier(tuple(train_x.shape[1:]), NUM_CLASSES, cfg.channels, cfg.features)
+    except (ConfigError, DeviceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        history = train_classifier(model, train_x, train_y, cfg.epochs, cfg.batch_size, cfg.lr,
+                                   cfg.weight_decay, params.seed, device)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    seconds = sum(h["seconds"] for h in history)
+    metrics = {
+        "test_accuracy": accuracy(model, *splits["test"], device),
+        "val_accuracy": accuracy(model, *splits["val"], device),
+        "train_accuracy": history[-1]["train_accuracy"],
+        "epochs": cfg.epochs,
+        "train_seconds": seconds,
+        "images_per_second": cfg.epochs * len(train_x) / seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": device_name(device),
+        "torch_version": torch.__version__,
+    }
+    meta = {"epochs": cfg.epochs, "history": history,
+            "metrics": {k: v for k, v in metrics.items() if k.endswith("accuracy")},
+            "params": {"seed": params.seed, "device": params.device,
+                       "classifier": to_dict(cfg)}}
+    save_classifier(args.out, model, meta)
+    write_json(args.metrics, metrics)
+    print(f"classifier: test accuracy {metrics['test_accuracy']:.4f} after {cfg.epochs} epochs, "
+          f"{seconds:.0f} s on {device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""train-classifier and evaluate through real DVC on tiny data; their input checks in process."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaepipe.data.arrays import save_arrays
+from vaepipe.evaluation import CHECKPOINTS, METRICS, MODEL_KINDS
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "mlp": {"epochs": 2, "hidden": [32], "latent_dim": 4, "warmup_epochs": 2, "batch_size": 64},
+    "conv": {"epochs": 1, "channels": [4, 8], "latent_dim": 3, "batch_size": 64},
+    "classifier": {"channels": [4], "features": 8, "epochs": 1, "batch_size": 64},
+    "evaluate": {"samples": 100, "iwae_samples": 4, "iwae_images": 20, "iwae_batch": 10,
+                 "probe_images": 100, "silhouette_images": 40, "diversity_images": 20,
+                 "batch_size": 64},
+}
+REFERENCE = {"bce_floor_test", "bce_floor_val", "fid_real", "precision_real", "recall_real",
+             "iwae_samples", "iwae_images", "samples", "real_images", "test_images"}
+NPZ = {"mu": ("float32", (50, None)), "logvar": ("float32", (50, None)),
+       "labels": ("int64", (50,)), "samples": ("float32", (100, 1, 28, 28)),
+       "recon_index": ("int64", (16,)), "recon": ("float32", (16, 1, 28, 28)),
+       "frozen_sigmas": ("float32", (3,)), "frozen": ("float32", (4, 64, 1, 28, 28))}
+
+
+@pytest.mark.slow
+def test_classifier_and_evaluate_through_dvc(dvc_project):
+    project = dvc_project(TINY, n_train=200, n_test=50)
+    first = project.dvc("repro", "evaluate")
+    for stage in ("train-mlp", "train-conv", "train-classifier", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+
+    clf = project.read_json("reports/classifier.json")
+    assert {"test_accuracy", "epochs", "train_seconds", "device"} <= set(clf)
+    assert 0 <= clf["test_accuracy"] <= 1 and clf["epochs"] == 1 and clf["device"].startswith("cpu")
+
+    report = project.read_json("reports/evaluate.json")
+    assert set(report) == {*MODEL_KINDS, "reference"}
+    for kind in MODEL_KINDS:
+        assert set(report[kind]) == set(CHECKPOINTS)
+        for ckpt in CHECKPOINTS:
+            m = report[kind][ckpt]
+            assert list(m) == list(METRICS)
+            bad = {k: v for k, v in m.items() if not (isinstance(v, (int, float))
+                                                        and math.isfinite(v))}
+            assert bad == {}, f"{kind}.{ckpt}"
+            assert m["bpd"] == pytest.approx(m["nelbo"] / (784 * math.log(2)))
+            with np.load(project.root / f"data/evaluate/{kind}/{ckpt}.npz",
+                         allow_pickle=False) as npz:
+                assert set(npz.files) == set(NPZ)
+                for key, (dtype, shape) in NPZ.items():
+                    assert npz[key].dtype == dtype, key
+                    assert npz[key].shape[:len(shape)] == tuple(
+                        s if s is not None else npz[key].shape[i] for i, s in enumerate(shape))
+                assert npz["mu"].shape[1] == (4 if kind == "mlp" else 3)
+    ref = report["reference"]
+    assert set(ref) == REFERENCE and all(math.isfinite(v) for v in ref.values())
+    assert ref["iwae_samples"] == 4 and ref["test_images"] == 50
+
+    details = project.read_json("reports/evaluate_details.json")
+    assert len(details["conv"]["best"]["kl_per_dim"]) == 3
+    summary = (project.root / "reports/evaluation.md").read_text()
+    assert summary.startswith("### ") and "# " not in summary.replace("### ", "")
+    for heading in ("### MLP VAE", "### Convolutional VAE", "### Frozen latents",
+                    "### How each number is computed"):
+        assert heading in summary
+    shown = project.dvc("metrics", "show").stdout
+    assert "mlp.best.nelbo" in shown and "reference.fid_real" in shown
+
+    assert "Running stage" not in project.dvc("repro", "evaluate").stdout
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "baseline")
+    exp = project.dvc("exp", "run", "-S", "beta=0.5")
+    assert "Running stage 'evaluate'" in exp.stdout
+    assert "Running stage 'train-conv'" in exp.stdout
+    assert "Running stage 'train-classifier'" not in exp.stdout
+    diff = project.dvc("metrics", "diff").stdout
+    assert "reports/evaluate.json" in diff and "conv.best.nelbo" in diff
+    assert "reports/classifier.json" not in diff
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks, in process: one line naming the problem, a non-zero exit, no output written
+
+
+def _stage(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def tiny_split(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for name, n in (("train", 40), ("val", 10), ("test", 20)):
+        save_arrays(data / f"{name}.npz", rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
+                    np.arange(n, dtype=np.int64) % 10)
+    return data
+
+
+def _evaluate_args(tmp_path, data):
+    return ["--data", str(data), "--models", str(tmp_path / "models"),
+            "--classifier", str(tmp_path / "models/classifier.pt"),
+            "--arrays", str(tmp_path / "arrays"), "--metrics", str(tmp_path / "evaluate.json"),
+            "--details", str(tmp_path / "details.json"), "--summary", str(tmp_path / "eval.md"),
+            "--params", str(tmp_path / "params.yaml")]
+
+
+@pytest.mark.parametrize("params,message", [
+    ("evaluate:\n  samples: 5\n", "error: evaluate.samples must be >= 100, got 5"),
+    ("device: tpu\n", "error: device must be one of auto, cpu, cuda, mps; got 'tpu'"),
+    ("seed: 1\n", "classifier.pt: not found; run `dvc repro train-classifier`"),
+])
+def test_evaluate_stops_before_work_with_one_line(tmp_path, tiny_split, capsys, params, message):
+    (tmp_path / "params.yaml").write_text(params)
+    assert _stage("evaluate")(_evaluate_args(tmp_path, tiny_split)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "evaluate.json").exists() and not (tmp_path / "arrays").exists()
+
+
+def test_evaluate_names_a_missing_vae_checkpoint(tmp_path, tiny_split, capsys):
+    from vaepipe.classifier import Classifier, save_classifier
+    save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
+                    {"epochs": 1, "metrics": {}})
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert _stage("evaluate")(_evaluate_args(tmp_path, tiny_split)) == 2
+    assert "models/mlp/epoch_01.pt: not found" in capsys.readouterr().err
+
+
+def test_train_classifier_checks_params_and_data(tmp_path, tiny_split, capsys):
+    main = _stage("train_classifier")
+    args = ["--data", str(tiny_split), "--out", str(tmp_path / "c.pt"),
+            "--metrics", str(tmp_path / "c.json"), "--params", str(tmp_path / "params.yaml")]
+    (tmp_path / "params.yaml").write_text("classifier:\n  lr: 0\n")
+    assert main(args) == 2
+    assert "classifier.lr must be > 0 and <= 1, got 0" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text("classifier:\n  channels: [4, 4, 4, 4, 4]\n")
+    assert main(args) == 2
+    assert "classifier.channels: 5 conv+pool blocks" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    (tiny_split / "val.npz").unlink()
+    assert main(args) == 2
+    assert "val.npz: not found" in capsys.readouterr().err
+    assert not (tmp_path / "c.pt").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
+    (tmp_path / "params.yaml").write_text(
+        "device: cpu\nclassifier:\n  channels: [4]\n  features: 8\n  epochs: 2\n")
+    main = _stage("train_classifier")
+    assert main(["--data", str(tiny_split), "--out", str(tmp_path / "c.pt"),
+                 "--metrics", str(tmp_path / "c.json"),
+                 "--params", str(tmp_path / "params.yaml")]) == 0
+    metrics = json.loads((tmp_path / "c.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["device"].startswith("cpu")
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["train_seconds"] > 0
+    from vaepipe.classifier import load_classifier
+    model, ckpt = load_classifier(tmp_path / "c.pt")
+    assert ckpt["params"]["classifier"]["features"] == 8 and len(ckpt["history"]) == 2
+    assert "beta" not in ckpt["params"]

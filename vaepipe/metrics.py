@@ -1,0 +1,169 @@
+"""Evaluation measures that need no model: they take pixels, latents or feature vectors.
+
+FID (Heusel et al. 2017), improved precision and recall (Kynkaanniemi et al. 2019), active
+units (Burda et al. 2015), the Bernoulli reconstruction floor, bits per dimension, seed 002's
+diversity, and the scikit-learn probes of a latent space.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+from threadpoolctl import threadpool_limits
+
+# scikit-learn and scipy here work on small matrices: one BLAS thread is as fast, does not
+# fight torch's threads on a small machine (30x faster on a busy 2-core CPU), and makes the
+# results independent of the core count.
+
+
+def bits_per_dim(nats_per_image: float, pixels: int) -> float:
+    """Nats per image -> bits per pixel value: ``nats / (pixels * ln 2)`` (seed 000)."""
+    return nats_per_image / (pixels * math.log(2))
+
+
+def bce_floor(images: np.ndarray) -> float:
+    """The lowest Bernoulli reconstruction term a decoder can reach on uint8 ``images``.
+
+    With grey levels x = v / 255 as Bernoulli targets, BCE(x, p) >= H(x), the binary entropy,
+    reached at p = x. Summed over pixels and averaged over images, in nats.
+    """
+    x = np.arange(256, dtype=np.float64) / 255.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = -(x * np.log(x) + (1 - x) * np.log1p(-x))
+    table[[0, 255]] = 0.0  # 0 log 0 = 0: black and white pixels carry no entropy
+    per_image = table[images.reshape(len(images), -1)].sum(axis=1)
+    return float(per_image.mean())
+
+
+def active_units(mu: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
+    """Burda et al.'s activity A_u = Cov_x(E_q[z_u]): the variance over images of each mean.
+
+    ``mu`` is (N, Z); returns ``(count of A_u > threshold, A_u as a (Z,) array)``.
+    """
+    activity = np.asarray(mu, dtype=np.float64).var(axis=0)
+    return int((activity > threshold).sum()), activity
+
+
+def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """Closed-form KL(q(z_u | x) || N(0, 1)) per latent dimension, averaged over images: (Z,)."""
+    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
+    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (F,) and covariance (F, F) of (N, F) features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrtm_psd_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """(S1 S2)^(1/2) by ``scipy.linalg.sqrtm``, retried with 1e-6 on both diagonals when the
+    root is not finite or does not square back (near-singular covariances, e.g. dead ReLU
+    features), as pytorch-fid does."""
+    for offset in (0.0, 1e-6):
+        a = (sigma1 + offset * np.eye(len(sigma1))) @ (sigma2 + offset * np.eye(len(sigma2)))
+        with warnings.catch_warnings():  # singular input: judged by the residual below
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            root = scipy.linalg.sqrtm(a)
+        if np.isfinite(root).all():
+            residual = np.linalg.norm(root @ root - a) / max(np.linalg.norm(a), 1e-300)
+            if residual < 1e-6:
+                break
+    return root
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
+
+    ``sqrtm`` of a product of two PSD matrices is real in exact arithmetic; rounding leaves
+    tiny imaginary parts, dropped here. An imaginary part that is not tiny means the input is
+    wrong, and raises.
+    """
+    diff = mu1 - mu2
+    with threadpool_limits(1, user_api="blas"):
+        covmean = _sqrtm_psd_product(sigma1, sigma2)
+    if np.iscomplexobj(covmean):
+        scale = max(np.abs(covmean.real).max(), 1.0)
+        if np.abs(covmean.imag).max() > 1e-3 * scale:
+            raise ValueError(f"FID: (S1 S2)^(1/2) has an imaginary part of "
+                             f"{np.abs(covmean.imag).max():.3g}; the covariances are not PSD")
+        covmean = covmean.real
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+    return float(max(value, 0.0))  # rounding can leave -1e-12 for identical sets
+
+
+def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """FID between two (N, F) feature sets."""
+    return frechet_distance(*gaussian_stats(features_a), *gaussian_stats(features_b))
+
+
+def _distance_chunks(a: torch.Tensor, b: torch.Tensor, chunk: int):
+    """Yield ``(start, distances of a[start:start + chunk] to b)``: (N, N_b) never lives whole."""
+    for start in range(0, len(a), chunk):
+        yield start, torch.cdist(a[start:start + chunk], b)
+
+
+def knn_radii(features: torch.Tensor, k: int, chunk: int = 1000) -> torch.Tensor:
+    """Distance from each point to its k-th nearest *other* point of the same set: (N,)."""
+    if len(features) <= k:
+        raise ValueError(f"k-NN radii need more than k={k} points, got {len(features)}")
+    radii = torch.empty(len(features), dtype=features.dtype)
+    for start, d in _distance_chunks(features, features, chunk):
+        # the smallest distance is the point itself (0), so the k-th neighbour is the (k+1)-th
+        radii[start:start + len(d)] = d.kthvalue(k + 1, dim=1).values
+    return radii
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 1000,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of (N, F) feature sets.
+
+    Each set's manifold is the union of balls around its points with radius the distance to
+    the k-th nearest neighbour in the same set. Precision: the share of fake points inside the
+    real manifold; recall: the share of real points inside the fake manifold. ``real_radii``
+    (from :func:`knn_radii`) saves recomputing them when one real set meets many fake ones.
+    """
+    r = torch.as_tensor(np.asarray(real, dtype=np.float32))
+    f = torch.as_tensor(np.asarray(fake, dtype=np.float32))
+    r_radii = knn_radii(r, k, chunk) if real_radii is None else real_radii
+    f_radii = knn_radii(f, k, chunk)
+    fake_in_real = torch.zeros(len(f), dtype=torch.bool)
+    real_in_fake = torch.zeros(len(r), dtype=torch.bool)
+    for start, d in _distance_chunks(f, r, chunk):  # d: (chunk of fake, N_real)
+        fake_in_real[start:start + len(d)] = (d <= r_radii[None, :]).any(dim=1)
+        real_in_fake |= (d <= f_radii[start:start + len(d), None]).any(dim=0)
+    return fake_in_real.double().mean().item(), real_in_fake.double().mean().item()
+
+
+def diversity(images: torch.Tensor) -> float:
+    """Seed 002's diversity: the mean L2 distance over all pairs of flattened images."""
+    flat = images.flatten(1).double()
+    if len(flat) < 2:
+        raise ValueError("diversity needs at least two images")
+    return torch.pdist(flat).mean().item()
+
+
+def probe_accuracy(train_z: np.ndarray, train_y: np.ndarray, test_z: np.ndarray,
+                   test_y: np.ndarray) -> float:
+    """Test accuracy of a logistic regression fit on standardised training latents."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    with threadpool_limits(1, user_api="blas"):
+        probe.fit(train_z, train_y)
+        return float(probe.score(test_z, test_y))
+
+
+def silhouette(z: np.ndarray, labels: np.ndarray, sample_size: int, seed: int) -> float:
+    """Silhouette of latents grouped by class (Euclidean), on a seeded subset of ``sample_size``."""
+    from sklearn.metrics import silhouette_score
+
+    size = sample_size if sample_size < len(z) else None
+    with threadpool_limits(1, user_api="blas"):
+        return float(silhouette_score(z, labels, sample_size=size, random_state=seed))
