@@ -34,7 +34,8 @@ def test_readme_lists_the_three_variants():
 def run_variant(dvc_project, name, dataset):
     project = dvc_project({"data": {"dataset": dataset}}, n_train=200, n_test=50,
                           n_per_batch=20)
-    proc = project.dvc(*readme_variants()[name], *SHORT)
+    # the training stages only: evaluation and figures of the variants are not what is checked
+    proc = project.dvc(*readme_variants()[name], *SHORT, "train-mlp", "train-conv")
     assert "Running stage 'train-mlp'" in proc.stdout
     assert "Running stage 'train-conv'" in proc.stdout
     mlp = load_checkpoint(project.root / "models/mlp/final.pt")[1]
