@@ -75,7 +75,7 @@ def test_classifier_and_evaluate_through_dvc(dvc_project):
     assert "Running stage" not in project.dvc("repro", "evaluate").stdout
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "baseline")
-    exp = project.dvc("exp", "run", "-S", "beta=0.5")
+    exp = project.dvc("exp", "run", "-S", "beta=0.5", "evaluate")  # and what it depends on
     assert "Running stage 'evaluate'" in exp.stdout
     assert "Running stage 'train-conv'" in exp.stdout
     assert "Running stage 'train-classifier'" not in exp.stdout

@@ -1,0 +1,100 @@
+"""DVC stage beta-sweep@<beta>: one beta of seed 002's study, its GIF, history and table row.
+
+    python stages/beta_sweep.py --beta 0.5 --data data/processed/fashion-mnist \
+        --checkpoint models/sweep/beta_0.5.pt --history reports/sweep/beta_0.5/history.csv \
+        --gif reports/sweep/beta_0.5/latent.gif --metrics reports/sweep/beta_0.5/metrics.json
+
+The beta comes from the command line (DVC's matrix value), never from params.yaml, so adding
+a beta to ``sweep.betas`` changes no other beta's stage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaepipe.animation import render_gif
+from vaepipe.config import ConfigError, load_params, to_dict
+from vaepipe.data.arrays import load_split
+from vaepipe.data.catalog import get_spec
+from vaepipe.io import write_json
+from vaepipe.models import build_model
+from vaepipe.sweep import (KIND, FrameRecorder, frame_steps, measure, probe_indices,
+                           select_classes, train_config)
+from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,
+                              save_checkpoint, write_history)
+
+PROBE_PER_CLASS = 200  # test images per class drawn in every GIF frame
+STRIP = 10             # of them, shown as originals over reconstructions
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train and measure one beta of the sweep (a DVC stage).")
+    ap.add_argument("--beta", required=True, type=float)
+    ap.add_argument("--data", required=True, type=Path, help="directory of train/val/test .npz")
+    ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--history", required=True, type=Path)
+    ap.add_argument("--gif", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        device = resolve_device(params.device)
+        sweep = params.sweep
+        names = get_spec(params.data.dataset).class_names
+        train_x, train_y = select_classes(*load_split(args.data, "train"), sweep.classes)
+        val_x, _ = select_classes(*load_split(args.data, "val"), sweep.classes)
+        test_x, test_y = select_classes(*load_split(args.data, "test"), sweep.classes)
+        probe = probe_indices(test_y, sweep.classes, PROBE_PER_CLASS)
+    except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not np.isfinite(args.beta) or args.beta < 0:
+        print(f"error: --beta must be a finite number >= 0, got {args.beta}", file=sys.stderr)
+        return 2
+
+    cfg = train_config(sweep)
+    torch.manual_seed(params.seed)
+    model = build_model(KIND, image_shape=tuple(train_x.shape[1:]), latent_dim=sweep.latent_dim,
+                        channels=sweep.channels).to(device)
+    test_t = torch.as_tensor(test_x).to(device)
+    batches = -(-len(train_x) // cfg.batch_size)
+    recorder = FrameRecorder(test_t[probe], test_t[probe[:STRIP]],
+                             frame_steps(cfg.epochs * batches, sweep.gif_frames), batches)
+    recorder.start(model)
+    try:
+        result = fit(model, train_x, val_x, cfg, args.beta, params.seed, device,
+                     on_batch=recorder)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    metrics = {"beta": args.beta, "epochs": cfg.epochs,
+               **measure(model, cfg, args.beta, params.seed, torch.as_tensor(train_x).to(device),
+                         train_y, test_t, test_y),
+               "train_seconds": result.train_seconds}
+    meta = {"params": {"seed": params.seed, "device": params.device, "beta": args.beta,
+                       "data": {"dataset": params.data.dataset},
+                       "sweep": {k: v for k, v in to_dict(sweep).items() if k != "betas"}}}
+    save_checkpoint(args.checkpoint, model, cfg.epochs, metrics, meta)
+    write_history(args.history, result)
+
+    start = time.perf_counter()
+    class_names = [names[c] for c in sweep.classes]
+    render_gif(args.gif, recorder.frames, test_y[probe], sweep.classes, class_names,
+               test_x[probe[:STRIP], 0], f"beta = {args.beta:g}", cfg.epochs, batches)
+    metrics["render_seconds"] = time.perf_counter() - start
+    write_json(args.metrics, metrics)
+    print(f"beta {args.beta:g}: test recon {metrics['test_recon']:.2f}, KL "
+          f"{metrics['test_kl']:.2f}; {result.train_seconds:.0f} s training, "
+          f"{metrics['render_seconds']:.1f} s for {len(recorder.frames)} GIF frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

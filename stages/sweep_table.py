@@ -1,0 +1,53 @@
+"""DVC stage sweep-table: the beta sweep's comparison table, metrics and overlaid curves.
+
+    python stages/sweep_table.py --metrics 'reports/sweep/beta_*/metrics.json' \
+        --histories 'reports/sweep/beta_*/history.csv' --csv reports/sweep.csv \
+        --markdown reports/sweep.md --json reports/sweep.json --curves reports/sweep_curves.csv
+
+The ``*`` of each pattern is the beta as DVC spells it; only the betas in ``sweep.betas``
+are tabulated.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vaepipe.config import ConfigError, load_params
+from vaepipe.data.catalog import get_spec
+from vaepipe.io import atomic_path, write_json, write_text
+from vaepipe.sweep_table import collect_runs, curves, markdown, metrics_tree, table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Tabulate the beta sweep (a DVC stage).")
+    ap.add_argument("--metrics", required=True, help="glob of per-beta metrics.json, one '*'")
+    ap.add_argument("--histories", required=True, help="glob of per-beta history.csv, one '*'")
+    ap.add_argument("--csv", required=True, type=Path)
+    ap.add_argument("--markdown", required=True, type=Path)
+    ap.add_argument("--json", required=True, type=Path)
+    ap.add_argument("--curves", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        runs = collect_runs(args.metrics, args.histories, params.sweep.betas)
+        tree = metrics_tree(runs)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    names = get_spec(params.data.dataset).class_names
+    with atomic_path(args.csv) as tmp:
+        table(runs).to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(args.curves) as tmp:
+        curves(runs).to_csv(tmp, index=False, float_format="%.6g")
+    text = markdown(runs, [names[c] for c in params.sweep.classes], params.data.dataset)
+    write_text(args.markdown, text)
+    write_json(args.json, tree)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""DVC stage visualize: every figure of the seeds and the report, from what earlier stages saved.
+
+    python stages/visualize.py --data data/processed/fashion-mnist --models models \
+        --evaluate data/evaluate --evaluate-json reports/evaluate.json \
+        --evaluation-md reports/evaluation.md --sweep-md reports/sweep.md \
+        --sweep-dir reports/sweep --train-reports reports/train \
+        --figures reports/figures --report reports/report.md --html reports/report.html
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vaepipe.config import ConfigError, load_params
+from vaepipe.data.arrays import load_split
+from vaepipe.data.catalog import DataFormatError, get_spec
+from vaepipe.gallery import (COMPARED, MODEL_TITLES, InputError, ModelRun, draw_models,
+                             draw_overview, load_evaluation)
+from vaepipe.io import write_text
+from vaepipe.report import RunInfo, build_markdown, changed_params, git_revision, markdown_to_html
+from vaepipe.training import CheckpointError, load_checkpoint
+
+MODELS = ("mlp", "conv")
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]} if rows else {}
+
+
+def read_optional(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Draw the figures and write the report (a DVC stage).")
+    for name in ("data", "models", "evaluate", "evaluate-json", "evaluation-md", "sweep-md",
+                 "sweep-dir", "train-reports", "figures", "report", "html"):
+        ap.add_argument(f"--{name}", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        spec = get_spec(params.data.dataset)
+        test_x, test_y = load_split(args.data, "test")
+        train_x, train_y = load_split(args.data, "train")
+        metrics = json.loads(args.evaluate_json.read_text()) if args.evaluate_json.is_file() else {}
+        runs = []
+        for m in MODELS:
+            evaluations = {c: load_evaluation(args.evaluate / m / f"{c}.npz", test_y)
+                           for c in COMPARED}
+            loaded = {c: load_checkpoint(args.models / m / f"{c}.pt") for c in COMPARED}
+            history_path = args.train_reports / f"{m}_history.csv"
+            train_json = args.train_reports / f"{m}.json"
+            train = json.loads(train_json.read_text()) if train_json.is_file() else {}
+            runs.append((ModelRun(
+                name=m, evaluations=evaluations,
+                decoders={c: model for c, (model, _) in loaded.items()},
+                epochs={c: ckpt["epoch"] for c, (_, ckpt) in loaded.items()},
+                history=read_history(history_path) if history_path.is_file() else None,
+                best_epoch=train.get("best_epoch"), metrics=metrics.get(m, {})),
+                train, loaded["best"][1]))
+    except (ConfigError, DataFormatError, InputError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    args.figures.mkdir(parents=True, exist_ok=True)
+    for stale in args.figures.glob("*.png"):  # only this run's figures get listed
+        stale.unlink()
+    entries = draw_overview({r.name: r.history for r, _, _ in runs if r.history},
+                            train_x, train_y, spec.class_names, spec.name, args.figures)
+    entries += draw_models([r for r, _, _ in runs], test_x, test_y, spec.class_names,
+                           params.visualize, params.seed, args.figures)
+
+    c, h, w = test_x.shape[1:]
+    info = RunInfo(
+        revision=git_revision(),
+        dataset=spec.name,
+        data_note=f"{len(train_x):,} training images (after the validation split), "
+                  f"{len(test_x):,} test images, {c}x{h}x{w}",
+        devices={MODEL_TITLES[r.name]: t.get("device", "unknown") for r, t, _ in runs},
+        checkpoints={MODEL_TITLES[r.name]: f"epoch 1 and best (epoch {r.epochs['best']} of "
+                     f"{best['params'][r.name]['epochs']})" for r, _, best in runs},
+        changed_params=changed_params(params))
+    gifs = {p.parent.name.removeprefix("beta_"): p
+            for p in sorted(args.sweep_dir.glob("beta_*/latent.gif"),
+                            key=lambda p: float(p.parent.name.removeprefix("beta_")))}
+    markdown = build_markdown(info, entries, args.report.parent,
+                              read_optional(args.evaluation_md), read_optional(args.sweep_md),
+                              gifs)
+    write_text(args.report, markdown)
+    write_text(args.html, markdown_to_html(markdown, args.report.parent,
+                                           f"VAE report: {spec.name}"))
+    print(f"visualize: {len(entries)} figures, {args.report}, {args.html} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

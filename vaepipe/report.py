@@ -1,0 +1,199 @@
+"""The report a person opens first: ``report.md`` (figures by relative link) and ``report.html``
+(the same page as one self-contained file, every image inlined as a data: URI).
+
+The markdown is the source; the HTML is rendered from it with markdown-it-py, so the two never
+say different things. Tables and text written by other stages (``reports/evaluation.md``,
+``reports/sweep.md``) are embedded verbatim.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import mimetypes
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from vaepipe.config import Params, to_dict
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    """One drawn figure: its file, the report section it belongs to and one line about it."""
+
+    path: Path
+    group: str
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What was run, for the report's first table."""
+
+    revision: str
+    dataset: str
+    data_note: str = ""
+    devices: Mapping[str, str] = field(default_factory=dict)        # model title -> device
+    checkpoints: Mapping[str, str] = field(default_factory=dict)    # model title -> text
+    changed_params: Sequence[tuple[str, Any, Any]] = ()             # (key, value, default)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def changed_params(params: Params) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value, default)`` for every param that differs from its default."""
+    given, default = _flatten(to_dict(params)), _flatten(to_dict(Params()))
+    return [(key, given[key], default[key]) for key in given if given[key] != default[key]]
+
+
+def git_revision(cwd: str | Path = ".") -> str:
+    """The checked-out commit (short hash), noting uncommitted changes; 'unknown' without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        rev = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git commit here)"
+    return f"`{rev}`" + (" with uncommitted changes (an experiment or work in progress)"
+                         if dirty else "")
+
+
+def _fmt(value: Any) -> str:
+    return f"`{value!r}`" if isinstance(value, str) or value is None else f"`{value}`"
+
+
+def _relative(path: Path, report_dir: Path) -> str:
+    return Path(os.path.relpath(path, report_dir)).as_posix()
+
+
+def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_dir: str | Path,
+                   evaluation_md: str | None = None, sweep_md: str | None = None,
+                   sweep_gifs: Mapping[str, Path] | None = None) -> str:
+    """The report as markdown; figures and GIFs are linked relative to ``report_dir``.
+
+    ``evaluation_md`` / ``sweep_md`` are embedded verbatim; None says they were not built.
+    ``sweep_gifs`` maps a beta (as text) to its latent-evolution GIF.
+    """
+    report_dir = Path(report_dir)
+    lines = [f"# VAE report: {info.dataset}", "",
+             "The page to read first: what was run, how well each model did, and every figure "
+             "of the seeds, the first epoch beside the best one. Written by the `visualize` "
+             "stage of `dvc repro` from the saved outputs of training, `evaluate` and the beta "
+             "sweep; `report.html` is the same page in one file that opens offline.", "",
+             "## What was run", "", "| what | value |", "|---|---|",
+             f"| git revision | {info.revision} |",
+             f"| dataset | {info.dataset}{': ' + info.data_note if info.data_note else ''} |"]
+    for model, device in info.devices.items():
+        lines.append(f"| device, {model} | {device} |")
+    for model, text in info.checkpoints.items():
+        lines.append(f"| checkpoints drawn, {model} | {text} |")
+    if info.changed_params:
+        lines.append(f"| params differing from the defaults | {len(info.changed_params)}, "
+                     "listed below |")
+    else:
+        lines.append("| params differing from the defaults | none: the seeds' recipes "
+                     "(`vaepipe/config.py`) |")
+    if info.changed_params:
+        lines += ["", "| param | value | default |", "|---|---|---|"]
+        lines += [f"| `{k}` | {_fmt(v)} | {_fmt(d)} |" for k, v, d in info.changed_params]
+
+    lines += ["", "## Evaluation", ""]
+    lines.append(evaluation_md.strip() if evaluation_md is not None else
+                 "_Not available: `reports/evaluation.md` was not found (`dvc repro evaluate` "
+                 "writes it)._")
+
+    lines += ["", "## Beta sweep", ""]
+    lines.append(sweep_md.strip() if sweep_md is not None else
+                 "_Not available: `reports/sweep.md` was not found (`dvc repro` runs the "
+                 "beta sweep)._")
+    if sweep_gifs:
+        lines += ["", "Latent means of test images through training, one GIF per beta "
+                  "(seed 002's latent-evolution animation):", ""]
+        lines += ["| " + " | ".join(f"beta {b}" for b in sweep_gifs) + " |",
+                  "|" + "---|" * len(sweep_gifs),
+                  "| " + " | ".join(f"![latent evolution, beta {b}]({_relative(p, report_dir)})"
+                                    for b, p in sweep_gifs.items()) + " |"]
+
+    lines += ["", "## Figures", "",
+              "Every figure the `visualize` stage drew, with one line on what it shows. "
+              "Where two panels or rows are labelled *epoch 1* and *best*, they are the same "
+              "model after its first epoch and at its best validation loss."]
+    group = None
+    for entry in figure_entries:
+        if entry.group != group:
+            group = entry.group
+            lines += ["", f"### {group}"]
+        lines += ["", f"**{entry.title}.** {entry.caption}", "",
+                  f"![{entry.title}]({_relative(entry.path, report_dir)})"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif;
+       max-width: 1500px; margin: 1.5em auto; padding: 0 1.5em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #e4e4e4; padding-bottom: .15em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { border: 1px solid #d0d0d0; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+img { max-width: 100%; height: auto; }
+code { background: #f5f5f5; padding: 0 .2em; }
+"""
+
+
+def data_uri(path: str | Path) -> str:
+    """The file as a ``data:`` URI (base64), its MIME type from the file name."""
+    path = Path(path)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def markdown_to_html(markdown: str, base_dir: str | Path, title: str) -> str:
+    """Render ``markdown`` as one self-contained HTML page.
+
+    Every image with a relative path is read from ``base_dir`` and inlined; a missing file is
+    an error (the page would show a broken image). Raw HTML in the markdown is escaped.
+    """
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("js-default")  # CommonMark + tables, raw HTML off
+    base = Path(base_dir)
+    tokens = md.parse(markdown)
+    for token in tokens:
+        for child in token.children or ():
+            if child.type == "image":
+                src = str(child.attrGet("src") or "")
+                if ":" not in src.split("/", 1)[0]:  # a relative path, not data:/http:
+                    child.attrSet("src", data_uri(base / src))
+    body = md.renderer.render(tokens, md.options, {})
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+            f"<body>\n{body}</body>\n</html>\n")
+
+
+def figure_links(markdown: str) -> list[str]:
+    """The targets of every markdown image in ``markdown``, in order."""
+    from markdown_it import MarkdownIt
+
+    found = []
+    for token in MarkdownIt("js-default").parse(markdown):
+        for child in token.children or ():
+            if child.type == "image":
+                found.append(str(child.attrGet("src")))
+    return found
