@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
@@ -141,15 +142,37 @@ def test_fid_of_a_set_with_itself_is_zero_and_matches_the_gaussian_closed_form()
     # full covariances against Tr((S1^1/2 S2 S1^1/2)^1/2), computed with eigh instead of sqrtm
     c1, c2 = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
     s1, s2 = c1 @ c1.T + 0.1 * np.eye(4), c2 @ c2.T + 0.1 * np.eye(4)
-    w, v = np.linalg.eigh(s1)
-    root1 = v @ np.diag(np.sqrt(w)) @ v.T
-    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
-    expected = np.trace(s1) + np.trace(s2) - 2 * np.sqrt(inner.clip(0)).sum()
+    expected = _fid_closed_form(s1, s2)
     assert frechet_distance(np.zeros(4), s1, np.zeros(4), s2) == pytest.approx(expected, rel=1e-8)
     # and estimated from samples of the two Gaussians, it converges to that value
     x = rng.multivariate_normal(np.zeros(4), s1, 200_000)
     y = rng.multivariate_normal(np.zeros(4), s2, 200_000)
     assert fid(x, y) == pytest.approx(expected, rel=0.02)
+
+
+def _fid_closed_form(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) by symmetric eigendecompositions only."""
+    w, v = np.linalg.eigh(s1)
+    root1 = v @ np.diag(np.sqrt(w.clip(0))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(np.trace(s1) + np.trace(s2) - 2 * np.sqrt(inner.clip(0)).sum())
+
+
+def test_fid_keeps_the_sign_of_the_roots_diagonal():
+    # (S1 S2)^1/2 is not symmetric: its diagonal can hold negative entries while its trace (the
+    # sum of the square roots of the eigenvalues) stays positive. Taking abs() of the complex
+    # root instead of its real part would flip them and inflate the trace.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+        s1, s2 = a @ a.T, b @ b.T
+        root = scipy.linalg.sqrtm(s1 @ s2)
+        if np.diag(np.real(root)).min() < -0.3:
+            break
+    else:
+        pytest.fail("no covariance pair with a negative diagonal in the root was drawn")
+    expected = _fid_closed_form(s1, s2)
+    assert frechet_distance(np.zeros(3), s1, np.zeros(3), s2) == pytest.approx(expected, rel=1e-8)
 
 
 def test_fid_handles_singular_covariances_and_rejects_non_psd_ones():
