@@ -72,7 +72,8 @@ def test_sweep_repro_add_a_beta_and_an_unrelated_experiment(dvc_project):
     assert tree["sweep"]["1.0"]["test_nelbo"] == pytest.approx(
         tree["sweep"]["1.0"]["test_recon"] + tree["sweep"]["1.0"]["test_kl"])
     md = (root / "reports/sweep.md").read_text()
-    assert md.startswith("### Beta sweep\n") and "| 0.1 |" in md and "| 1.0 |" in md
+    assert md.startswith("### Beta sweep: measured comparison\n")
+    assert "| 0.1 |" in md and "| 1.0 |" in md
     assert "T-shirt/top, Trouser, Sneaker" in md
     shown = project.dvc("metrics", "show").stdout
     assert "sweep.0.1.silhouette" in shown and "sweep.1.0.test_kl" in shown
