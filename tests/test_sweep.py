@@ -211,7 +211,7 @@ def test_table_rows_labels_and_metrics(tmp_path):
     assert all(isinstance(v, float) for row in tree["sweep"].values() for v in row.values())
     text = markdown(runs, ["T-shirt/top", "Trouser", "Sneaker"], "fashion-mnist")
     lines = text.splitlines()
-    assert lines[0] == "### Beta sweep"
+    assert lines[0] == "### Beta sweep: measured comparison"
     rows = [line for line in lines if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[0] for r in rows] == ["| 0.1", "| 1.0", "| 2"]
     assert all(len(r.strip("|").split("|")) == len(COLUMNS) + 1 for r in rows)

@@ -135,10 +135,12 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
         record["frames"].append({"epoch": frame.epoch, "batch": frame.batch,
                                  "xlim": list(ax.get_xlim()), "ylim": list(ax.get_ylim())})
 
-    # one palette for every frame, from the first and last (noise and trained greys, every
-    # class colour): no colour flicker between frames, and one palette search instead of many
-    palette = Image.fromarray(np.concatenate([rgbs[0], rgbs[-1]])).quantize(
-        colors=128, dither=Image.Dither.NONE)
+    # One palette for every frame, from up to 8 frames spread over training (noisy and
+    # trained greys, every class colour and the blends of overlapping translucent points):
+    # no colour flicker between frames, and one palette search instead of one per frame.
+    sample = np.linspace(0, len(rgbs) - 1, min(8, len(rgbs))).round().astype(int)
+    palette = Image.fromarray(np.concatenate([rgbs[i] for i in sample])).quantize(
+        colors=255, dither=Image.Dither.NONE)
     pictures = [Image.fromarray(rgb).quantize(palette=palette, dither=Image.Dither.NONE)
                 for rgb in rgbs]
     durations = [frame_ms] * (len(pictures) - 1) + [last_ms]

@@ -41,14 +41,14 @@ COLUMNS = (
            "({real_sharpness:.4f}); 1 would be as sharp as the data."),
     Column("diversity", "diversity", 3,
            "mean Euclidean distance (784 pixels in [0, 1]) between every pair of "
-           "{prior_samples:.0f} decoded prior samples sigmoid(decode(z)), z ~ N(0, I); "
-           "{real_diversity_images:.0f} real test images give {real_diversity:.3f}."),
+           "{prior_samples:,.0f} decoded prior samples sigmoid(decode(z)), z ~ N(0, I); "
+           "{real_diversity_images:,.0f} real test images give {real_diversity:.3f}."),
     Column("silhouette", "silhouette", 3,
            "mean silhouette of the test images' latent means mu grouped by class "
            "(Euclidean; 1 = tight, far-apart clusters, 0 = overlapping)."),
     Column("probe_accuracy", "probe accuracy", 3,
            "accuracy on the test latent means of a logistic regression fit on the "
-           "{probe_train_images:.0f} training images' latent means (standardised)."),
+           "{probe_train_images:,.0f} training images' latent means (standardised)."),
 )
 CSV_KEYS = ("beta", "epochs", *(c.key for c in COLUMNS), "real_sharpness", "real_diversity",
             "test_images")
@@ -112,11 +112,11 @@ def markdown(runs: Sequence[Run], class_names: Sequence[str], dataset: str) -> s
     """The ``### Beta sweep`` section: a table and one line per column."""
     first = runs[0].metrics
     lines = [
-        "### Beta sweep",
+        "### Beta sweep: measured comparison",
         "",
         f"Conv VAE with a 2-D latent trained for {first['epochs']:.0f} epochs at each KL weight "
         f"beta on {dataset} classes {', '.join(class_names)}; every column is measured on the "
-        f"{first['test_images']:.0f} test images of these classes with the final weights.",
+        f"{first['test_images']:,.0f} test images of these classes with the final weights.",
         "",
         "| beta | " + " | ".join(c.header for c in COLUMNS) + " |",
         "|---:|" + "---:|" * len(COLUMNS),
