@@ -9,6 +9,9 @@ a beta to ``sweep.betas`` changes no other beta's stage.
 """
 from __future__ import annotations
 
+# first: it sets the kernels' environment before anything loads PyTorch
+from vaepipe import runtime  # isort: skip
+
 import argparse
 import sys
 import time
@@ -97,4 +100,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_stage(main)

@@ -7,6 +7,9 @@ then the official download. Exit codes: 0 done, 1 no source worked, 2 bad params
 """
 from __future__ import annotations
 
+# first: it sets the kernels' environment before anything loads PyTorch
+from vaepipe import runtime  # isort: skip
+
 import argparse
 import logging
 import sys
@@ -38,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_stage(main)

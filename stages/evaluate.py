@@ -12,6 +12,9 @@ images) for the figures.
 """
 from __future__ import annotations
 
+# first: it sets the kernels' environment before anything loads PyTorch
+from vaepipe import runtime  # isort: skip
+
 import argparse
 import sys
 import time
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
     for kind, by_ckpt in models.items():
         done: dict = {}
         for name, (model, ckpt) in by_ckpt.items():
+            runtime.rebalance()  # the core share may have changed (another stage started/ended)
             # the same weights (best.pt is final.pt when the last epoch is best) see the same
             # seeded noise, so their numbers are equal: computed once
             twin = next((other for other in done if same_weights(by_ckpt[other][0], model)), None)
@@ -92,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_stage(main)

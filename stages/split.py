@@ -9,6 +9,9 @@ arguments.
 """
 from __future__ import annotations
 
+# first: it sets the kernels' environment before anything loads PyTorch
+from vaepipe import runtime  # isort: skip
+
 import argparse
 import sys
 from pathlib import Path
@@ -49,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_stage(main)

@@ -9,6 +9,9 @@ are tabulated.
 """
 from __future__ import annotations
 
+# first: it sets the kernels' environment before anything loads PyTorch
+from vaepipe import runtime  # isort: skip
+
 import argparse
 import sys
 from pathlib import Path
@@ -50,4 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_stage(main)

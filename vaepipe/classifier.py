@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaepipe import runtime
 from vaepipe.io import atomic_path
 from vaepipe.training import CheckpointError, to_unit_float
 
@@ -109,6 +110,7 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
             loss.backward()
             opt.step()
             sched.step()
+            runtime.rebalance()
             stats += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()]).double()
         seconds = time.perf_counter() - start
         loss_sum, correct = stats.tolist()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vaepipe import runtime
 from vaepipe.config import TrainConfig
 from vaepipe.io import atomic_path
 from vaepipe.models import VAE, build_model
@@ -220,6 +221,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
             opt.step()
             stats[b] = torch.stack(terms).detach()
             bar.update(len(x))
+            runtime.rebalance()  # a stage's share of the cores, re-read once a second
             if on_batch is not None:
                 on_batch(epoch, b + 1, model)
         bar.close()
