@@ -11,6 +11,9 @@ from __future__ import annotations
 # first: it sets the kernels' environment before anything loads PyTorch
 from vaepipe import runtime  # isort: skip
 
+if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
+    runtime.handle_signals()
+
 import argparse
 import sys
 from pathlib import Path

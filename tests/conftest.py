@@ -16,6 +16,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,63 @@ class DvcProject:
         return json.loads((self.root / relpath).read_text())
 
 
+def build_project(base: Path, overrides: Mapping[str, Any] | None = None, n_train: int = 200,
+                  n_test: int = 50, n_per_batch: int = 20) -> DvcProject:
+    """A git + DVC project in ``base/project`` fed by a tiny mirror in ``base/mirror``."""
+    root = base / "project"
+    root.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        if (REPO_ROOT / name).exists():
+            shutil.copy2(REPO_ROOT / name, root / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(REPO_ROOT / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = _merge(params, overrides or {})
+    mirror = base / "mirror"
+    if params["data"]["dataset"] == "cifar10":
+        md5s = fakedata.write_cifar_tarball(mirror, n_per_batch=n_per_batch)
+    else:
+        md5s = fakedata.write_idx_mirror(mirror, n_train=n_train, n_test=n_test)
+    params["data"]["mirror"] = str(mirror)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    md5_json = fakedata.write_md5_json(base / "expected_md5.json", md5s)
+
+    project = DvcProject(root, _project_env(base, root, md5_json), mirror, md5_json)
+    project.git("init", "-q", "-b", "main")
+    project.git("config", "user.name", "vaepipe tests")
+    project.git("config", "user.email", "tests@vaepipe.invalid")
+    project.git("config", "commit.gpgsign", "false")
+    project.dvc("init", "-q")
+    project.dvc("config", "core.analytics", "false")
+    project.dvc("config", "core.check_update", "false")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "test project")
+    return project
+
+
+def _project_env(base: Path, root: Path, md5_json: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env[EXPECTED_MD5_ENV] = str(md5_json)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["DVC_SITE_CACHE_DIR"] = str(base / "dvc-site-cache")
+    env.pop("VIRTUAL_ENV", None)
+    # the project's own copy of vaepipe, not the editable install of this checkout
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def copy_project(project: DvcProject, base: Path) -> DvcProject:
+    """A full copy of ``project`` (work tree, git history, DVC cache) in ``base/project``; it
+    shares the original's mirror, which is only read."""
+    root = base / "project"
+    shutil.copytree(project.root, root, symlinks=True)
+    return DvcProject(root, _project_env(base, root, project.md5_json), project.mirror,
+                      project.md5_json)
+
+
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Callable[..., DvcProject]:
     """Factory: ``dvc_project(overrides=None, n_train=200, n_test=50, n_per_batch=20)``.
@@ -166,46 +224,31 @@ def dvc_project(tmp_path: Path) -> Callable[..., DvcProject]:
     def build(overrides: Mapping[str, Any] | None = None, n_train: int = 200, n_test: int = 50,
               n_per_batch: int = 20) -> DvcProject:
         base = tmp_path / ("dvc" if not built else f"dvc-{len(built)}")
-        root = base / "project"
-        root.mkdir(parents=True)
-        for name in PROJECT_FILES:
-            if (REPO_ROOT / name).exists():
-                shutil.copy2(REPO_ROOT / name, root / name)
-        for name in PROJECT_DIRS:
-            shutil.copytree(REPO_ROOT / name, root / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-
-        params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-        params = _merge(params, overrides or {})
-        mirror = base / "mirror"
-        if params["data"]["dataset"] == "cifar10":
-            md5s = fakedata.write_cifar_tarball(mirror, n_per_batch=n_per_batch)
-        else:
-            md5s = fakedata.write_idx_mirror(mirror, n_train=n_train, n_test=n_test)
-        params["data"]["mirror"] = str(mirror)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        md5_json = fakedata.write_md5_json(base / "expected_md5.json", md5s)
-
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        env[EXPECTED_MD5_ENV] = str(md5_json)
-        env["DVC_NO_ANALYTICS"] = "1"
-        env["DVC_SITE_CACHE_DIR"] = str(base / "dvc-site-cache")
-        env.pop("VIRTUAL_ENV", None)
-        # the project's own copy of vaepipe, not the editable install of this checkout
-        env["PYTHONPATH"] = str(root)
-        project = DvcProject(root, env, mirror, md5_json)
-
-        project.git("init", "-q", "-b", "main")
-        project.git("config", "user.name", "vaepipe tests")
-        project.git("config", "user.email", "tests@vaepipe.invalid")
-        project.git("config", "commit.gpgsign", "false")
-        project.dvc("init", "-q")
-        project.dvc("config", "core.analytics", "false")
-        project.dvc("config", "core.check_update", "false")
-        project.git("add", "-A")
-        project.git("commit", "-q", "-m", "test project")
+        project = build_project(base, overrides, n_train, n_test, n_per_batch)
         built.append(project)
         return project
 
     return build
+
+
+@pytest.fixture(scope="session")
+def _tiny_baseline(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
+    """The whole pipeline reproduced once per test session on tiny data (``tiny.TINY_PIPELINE``)
+    and committed; tests get copies (``tiny_repro``), never this one."""
+    from tiny import ALL_STAGES, TINY_PIPELINE
+
+    project = build_project(tmp_path_factory.mktemp("tiny-baseline"), TINY_PIPELINE)
+    first = project.dvc("repro")
+    ran = set(re.findall(r"Running stage '([^']+)'", first.stdout))
+    assert ran == ALL_STAGES, first.stdout
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "tiny pipeline reproduced")
+    project.first_repro_stdout = first.stdout  # type: ignore[attr-defined]
+    return project
+
+
+@pytest.fixture
+def tiny_repro(_tiny_baseline: DvcProject, tmp_path: Path) -> DvcProject:
+    """A private copy of a project whose whole tiny pipeline is reproduced and committed:
+    `dvc status` is clean, every output is in the work tree and in the DVC cache."""
+    return copy_project(_tiny_baseline, tmp_path / "tiny")

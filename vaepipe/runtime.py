@@ -3,6 +3,8 @@
 A stage script imports this module before anything that loads PyTorch::
 
     from vaepipe import runtime  # first: kernel settings must precede the first BLAS call
+    if __name__ == "__main__":
+        runtime.handle_signals()
 
     ...
     if __name__ == "__main__":
@@ -26,8 +28,8 @@ Three things happen here, none of which changes what a stage computes:
   ``ONEDNN_MAX_CPU_ISA``), so a CPU with AVX-512 runs the same code paths as one without.
   Variables the caller already set are left as they are.
 
-:func:`run_stage` turns Ctrl-C (SIGINT) and SIGTERM into one line on stderr and exit status
-130 / 143 instead of a traceback; files are written through :func:`vaepipe.io.atomic_path`,
+:func:`handle_signals` turns Ctrl-C (SIGINT) and SIGTERM into one line on stderr and exit
+status 130 / 143 instead of a traceback; files are written through :func:`vaepipe.io.atomic_path`,
 so an interrupted stage leaves its earlier complete files and no partial one.
 """
 from __future__ import annotations
@@ -184,12 +186,28 @@ def rebalance(force: bool = False) -> int:
 # Stage entry point
 
 
-class Interrupted(BaseException):
-    """Raised by the SIGTERM handler, so ``finally`` blocks (temporary files) still run."""
+_SIGNALS = {signal.SIGINT: ("interrupted by SIGINT", 130),
+            signal.SIGTERM: ("terminated by SIGTERM", 143)}
 
 
-def _on_sigterm(signum, frame) -> NoReturn:
-    raise Interrupted("SIGTERM")
+def _on_signal(signum, frame) -> NoReturn:
+    word, status = _SIGNALS[signum]
+    _close_progress_bars()
+    print(f"{Path(sys.argv[0]).stem}: {word}; files it had finished are kept, none is "
+          f"half-written", file=sys.stderr)
+    # SystemExit unwinds like an exception, so atomic_path's cleanup still runs, but Python
+    # prints no traceback for it
+    raise SystemExit(status)
+
+
+def handle_signals() -> None:
+    """From now on SIGINT and SIGTERM end this process with one line and status 130 / 143.
+
+    A stage script calls it right after importing this module, before its slow imports
+    (PyTorch takes seconds), so a Ctrl-C during them is no traceback either.
+    """
+    for signum in _SIGNALS:
+        signal.signal(signum, _on_signal)
 
 
 def _close_progress_bars() -> None:
@@ -204,10 +222,11 @@ def run_stage(main: Callable[[], int]) -> NoReturn:
     """Run a stage's ``main()`` with its CPU share; exit with its status.
 
     SIGINT (Ctrl-C) and SIGTERM end the stage with one line on stderr and status 130 / 143:
-    no traceback, and no partial output (every file is written to a temporary name first).
+    no traceback, and no partial output (every file is written to a temporary name first and
+    renamed when complete; the temporary is removed as the exit unwinds).
     """
     name = Path(sys.argv[0]).stem
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    handle_signals()
     _share.active = True
     try:
         threads = rebalance(force=True)
@@ -216,16 +235,4 @@ def run_stage(main: Callable[[], int]) -> NoReturn:
         sys.exit(2)
     if os.environ.get("VAEPIPE_VERBOSE_RUNTIME"):
         print(f"{name}: {threads} threads, kernels {kernel_settings()}", file=sys.stderr)
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        _close_progress_bars()
-        print(f"{name}: interrupted by SIGINT; files it had finished are kept, "
-              f"none is half-written", file=sys.stderr)
-        code = 130
-    except Interrupted:
-        _close_progress_bars()
-        print(f"{name}: terminated by SIGTERM; files it had finished are kept, "
-              f"none is half-written", file=sys.stderr)
-        code = 143
-    sys.exit(code)
+    sys.exit(main())

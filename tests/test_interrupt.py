@@ -1,0 +1,141 @@
+"""Interrupting `dvc repro` for real: SIGKILL of each long stage (a training, the sweep,
+evaluate) leaves no half-written output and the next `dvc repro` completes; Ctrl-C (SIGINT
+to the whole process group, as a terminal sends it) ends with one line and no traceback.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+
+TEMPORARY = re.compile(r"^\..+\.\d+\..+\.tmp$")  # vaepipe.io.atomic_path's names
+
+# stage -> (its outputs, params that make it run long, params that make it rerun briefly)
+LONG_STAGES = {
+    "train-mlp": (["models/mlp", "reports/train/mlp_history.csv", "reports/train/mlp.json"],
+                  {"mlp": {"epochs": 400}}, {"mlp": {"epochs": 3}}),
+    "beta-sweep@0.1": (["models/sweep", "reports/sweep/beta_0.1"],
+                       {"sweep": {"epochs": 400}}, {"sweep": {"epochs": 2}}),
+    "evaluate": (["data/evaluate", "reports/evaluate.json", "reports/evaluate_details.json",
+                  "reports/evaluation.md"],
+                 {"evaluate": {"samples": 20000}}, {"evaluate": {"samples": 120}}),
+}
+STAGE_SCRIPT = {"train-mlp": "stages/train.py", "beta-sweep@0.1": "stages/beta_sweep.py",
+                "evaluate": "stages/evaluate.py"}
+
+
+def _with(project, overrides: dict) -> None:
+    params = project.params()
+    for section, values in overrides.items():
+        params[section].update(values)
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _files(project, outs: list[str]) -> list[Path]:
+    found = []
+    for out in outs:
+        path = project.root / out
+        found += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [p for p in found if p.name != ".gitignore"]  # DVC's own, for cached outputs
+
+
+def _check_whole(path: Path) -> None:
+    """Read ``path`` completely with the reader its type needs (raises if it is truncated)."""
+    suffix = path.suffix
+    if suffix == ".pt":
+        assert isinstance(torch.load(path, weights_only=True), dict)
+    elif suffix == ".json":
+        json.loads(path.read_text())
+    elif suffix == ".csv":
+        assert len(pd.read_csv(path)) > 0
+    elif suffix == ".npz":
+        with np.load(path) as arrays:
+            assert all(arrays[name].size >= 0 for name in arrays.files)
+    elif suffix in {".png", ".gif"}:
+        with Image.open(path) as image:
+            for frame in range(getattr(image, "n_frames", 1)):
+                image.seek(frame)
+                image.load()
+    elif suffix == ".md":
+        assert path.read_text().strip()
+    else:
+        pytest.fail(f"unexpected output file {path}")
+
+
+def _start(project, *args: str) -> subprocess.Popen:
+    """``dvc <args>`` in its own process group, as a shell job."""
+    dvc = str(Path(project.env["PATH"].split(os.pathsep)[0]) / "dvc")
+    return subprocess.Popen([dvc, *args], cwd=project.root, env=project.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_stage(proc: subprocess.Popen, script: str, timeout: float = 120) -> None:
+    """Until the stage's python process has run for a second (and so is mid-way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if script in " ".join(child.cmdline()):
+                    if time.time() - child.create_time() > 1.0:
+                        return
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.05)
+    pytest.fail(f"{script} did not start within {timeout} s")
+
+
+def test_sigkill_mid_stage_leaves_only_whole_files_and_repro_completes(tiny_repro):
+    project = tiny_repro
+    for stage, (outs, long_params, rerun_params) in LONG_STAGES.items():
+        _with(project, long_params)
+        proc = _start(project, "repro", stage)
+        _wait_for_stage(proc, STAGE_SCRIPT[stage])
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage, no chance to clean up
+        proc.wait(timeout=30)
+
+        for path in _files(project, outs):
+            if TEMPORARY.match(path.name):
+                continue  # atomic_path's temporary: no reader looks for it, the next write
+                # removes it
+            _check_whole(path)
+
+        project.git("checkout", "--", "params.yaml")
+        _with(project, rerun_params)  # new values: the stage must really run again
+        out = project.dvc("repro", stage).stdout
+        assert f"Running stage '{stage}'" in out
+        assert "up to date" in project.dvc("status", stage).stdout
+        leftovers = [p for p in _files(project, outs) if TEMPORARY.match(p.name)]
+        assert leftovers == [], stage
+        for path in _files(project, outs):
+            _check_whole(path)
+        project.git("checkout", "--", "params.yaml")
+
+
+def test_ctrl_c_stops_repro_with_one_line_and_no_traceback(tiny_repro):
+    project = tiny_repro
+    _with(project, {"mlp": {"epochs": 400}})
+    proc = _start(project, "repro", "train-mlp")
+    _wait_for_stage(proc, "stages/train.py")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: dvc and the stage
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "interrupted" in line]
+    assert "train: interrupted by SIGINT; files it had finished are kept, none is half-written" \
+        in lines
+    for path in _files(project, LONG_STAGES["train-mlp"][0]):
+        assert TEMPORARY.match(path.name) is None  # SIGINT runs the cleanup
+        _check_whole(path)
