@@ -82,12 +82,13 @@ def main(argv=None) -> int:
 
     metrics = {"beta": args.beta, "epochs": cfg.epochs,
                **measure(model, cfg, args.beta, params.seed, torch.as_tensor(train_x).to(device),
-                         train_y, test_t, test_y),
-               "train_seconds": result.train_seconds}
+                         train_y, test_t, test_y)}
     meta = {"params": {"seed": params.seed, "device": params.device, "beta": args.beta,
                        "data": {"dataset": params.data.dataset},
                        "sweep": {k: v for k, v in to_dict(sweep).items() if k != "betas"}}}
+    # timings only in metrics.json: the same weights must give the same checkpoint bytes
     save_checkpoint(args.checkpoint, model, cfg.epochs, metrics, meta)
+    metrics["train_seconds"] = result.train_seconds
     write_history(args.history, result)
 
     start = time.perf_counter()

@@ -48,8 +48,11 @@ def main(argv=None) -> int:
     torch.manual_seed(params.seed)
     model = build_model(args.model, image_shape=tuple(train_x.shape[1:]),
                         **model_args(args.model, section))
+    # not data.mirror: where the raw files came from is no param of this stage, and the same
+    # files from another directory must give the same checkpoint bytes (and DVC hashes)
+    data = {k: v for k, v in to_dict(params.data).items() if k != "mirror"}
     meta = {"params": {"seed": params.seed, "beta": params.beta, "device": params.device,
-                       "data": to_dict(params.data), args.model: to_dict(section)}}
+                       "data": data, args.model: to_dict(section)}}
     try:
         result = fit(model, train_x, val_x, section, params.beta, params.seed, device,
                      checkpoint_dir=args.checkpoints, meta=meta,

@@ -65,9 +65,10 @@ def main(argv=None) -> int:
         "device": device_name(device),
         "torch_version": torch.__version__,
     }
-    # no timings in the checkpoint: equal weights must give equal bytes (and DVC hashes)
-    meta = {"epochs": cfg.epochs,
-            "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
+    # no wall-clock seconds in the checkpoint: the same weights must give the same bytes (and
+    # DVC hash), or every rerun looks like a new classifier to evaluate (they are in metrics)
+    untimed = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    meta = {"epochs": cfg.epochs, "history": untimed,
             "metrics": {k: v for k, v in metrics.items() if k.endswith("accuracy")},
             "params": {"seed": params.seed, "device": params.device,
                        "classifier": to_dict(cfg)}}
