@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV)/bin)
 # DVC runs each stage's `python ...` through the shell: the venv must come first on PATH.
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: env repro test test-all bench clean-env
+.PHONY: env repro test test-all bench bench-train bench-queue clean-env
 
 env: $(VENV)/.installed
 
@@ -26,9 +26,17 @@ test: env
 test-all: env
 	$(RUN) python -m pytest
 
+# the whole pipeline in a temporary clone (`dvc repro -f`), per stage, against the reference
 bench: env
+	$(RUN) dvc repro download
+	$(RUN) python bench/pipeline.py
+
+bench-train: env
 	$(RUN) dvc repro split
 	$(RUN) python bench/train_throughput.py
+
+bench-queue: env
+	$(RUN) python bench/queue.py
 
 clean-env:
 	rm -rf $(VENV)

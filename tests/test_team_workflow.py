@@ -7,9 +7,9 @@ experiment, and must end with exactly A's bytes. A also survives losing its cach
 ``dvc plots diff`` draws both revisions, and a second fresh project reproduces A's baseline bit
 for bit (timings aside).
 
-The project, its pipeline run and its experiment are built once per module (``team``, about
-4 minutes on the shared 2-core machine: the tiny pipeline, then the experiment's four stages),
-the fresh project once more (``fresh``, about 2 minutes); so the module is marked slow.
+A is a copy of the session's tiny project (conftest ``_tiny_baseline``: the whole pipeline
+reproduced once per session); its experiment runs once per module. The fresh project runs the
+whole pipeline again (about 2 minutes on 2 cores): it is the determinism check's other side.
 """
 from __future__ import annotations
 
@@ -25,10 +25,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, DvcProject, dvc_project
+from conftest import REPO_ROOT, DvcProject, build_project, copy_project
 from tiny import ALL_STAGES, TINY_PIPELINE as TINY
-
-pytestmark = pytest.mark.slow
 
 EXP = "beta-0.5"
 UP_TO_DATE = "Data and pipelines are up to date."
@@ -94,14 +92,9 @@ class Team:
 
 
 @pytest.fixture(scope="module")
-def make_project(tmp_path_factory):
-    """conftest's ``dvc_project`` factory for the whole module (one pipeline run, many tests)."""
-    return dvc_project.__wrapped__(tmp_path_factory.mktemp("team"))
-
-
-@pytest.fixture(scope="module")
-def team(make_project) -> Team:
-    a = make_project(TINY)
+def team(_tiny_baseline, tmp_path_factory) -> Team:
+    # a copy of the session's tiny project: `dvc repro` ran every stage there and committed
+    a = copy_project(_tiny_baseline, tmp_path_factory.mktemp("team"))
     # as in the real project: `dvc plots` pages with vega inlined, from a template in git
     shutil.copy2(REPO_ROOT / ".dvc/plots_offline.html", a.root / ".dvc/plots_offline.html")
     a.dvc("config", "plots.html_template", "plots_offline.html")
@@ -110,13 +103,13 @@ def team(make_project) -> Team:
     a.git("remote", "add", "origin", str(server))
     a.dvc("remote", "add", "-d", "storage", str(storage))
 
-    assert ran(a.dvc("repro").stdout) == ALL_STAGES
+    assert UP_TO_DATE in a.dvc("status").stdout
     baseline = Snapshot.of(a.root)
     baseline_metrics = metrics_files(a)
     baseline_copy = a.root.parent / "baseline"
     shutil.copytree(a.root / "models", baseline_copy / "models")
     a.git("add", "-A")
-    a.git("commit", "-q", "-m", "tiny pipeline")
+    a.git("commit", "-q", "-m", "team server and remote")
     a.git("push", "-q", "-u", "origin", "main")
     assert re.search(r"^\d+ files pushed$", a.dvc("push").stdout, re.M)
 
@@ -229,9 +222,9 @@ def test_a_lost_cache_and_lost_outputs_come_back_from_the_remote(team):
 
 
 @pytest.fixture(scope="module")
-def fresh(make_project, team) -> DvcProject:
+def fresh(tmp_path_factory, team) -> DvcProject:
     """Another project built from scratch (its own mirror, cache and paths), run once."""
-    c = make_project(TINY)
+    c = build_project(tmp_path_factory.mktemp("fresh"), TINY)
     assert ran(c.dvc("repro").stdout) == ALL_STAGES
     return c
 
