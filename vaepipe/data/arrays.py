@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaepipe.data.catalog import SPLITS, DataFormatError
+from vaepipe.data.catalog import DATASETS, SPLITS, DataFormatError
 from vaepipe.io import atomic_path
 
 
@@ -26,8 +26,9 @@ def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read split ``name`` (train, val or test) saved by :func:`write_split`.
 
-    Returns ``(images uint8 (N, C, H, W), labels int64 (N,))``; a missing array, a wrong dtype
-    or mismatched lengths raise :class:`DataFormatError` naming the file.
+    Returns ``(images uint8 (N, C, H, W), labels int64 (N,))``; a missing array, a wrong dtype,
+    an image shape of no known dataset, no images or mismatched lengths raise
+    :class:`DataFormatError` naming the file.
     """
     if name not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
@@ -46,6 +47,15 @@ def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray
     if images.dtype != np.uint8 or images.ndim != 4:
         raise DataFormatError(f"{path}: 'images' must be uint8 (N, C, H, W), got "
                               f"{images.dtype} {images.shape}")
+    # the models are built from the train images' shape, so one of another shape (or an empty
+    # split) would otherwise fail only mid-training, in a traceback
+    shapes = sorted({spec.image_shape for spec in DATASETS.values()})
+    if images.shape[1:] not in shapes:
+        allowed = " or ".join("x".join(map(str, s)) for s in shapes)
+        raise DataFormatError(f"{path}: 'images' must be N x {allowed} (C x H x W of a known "
+                              f"dataset), got {images.shape}")
+    if len(images) == 0:
+        raise DataFormatError(f"{path}: holds no images")
     if labels.dtype != np.int64 or labels.shape != (len(images),):
         raise DataFormatError(f"{path}: 'labels' must be int64 ({len(images)},), got "
                               f"{labels.dtype} {labels.shape}")
