@@ -154,7 +154,8 @@ def test_train_classifier_checks_params_and_data(tmp_path, tiny_split, capsys):
 
 def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
     (tmp_path / "params.yaml").write_text(
-        "device: cpu\nclassifier:\n  channels: [4]\n  features: 8\n  epochs: 2\n")
+        "device: cpu\nclassifier:\n  channels: [4]\n  features: 8\n  epochs: 2\n"
+        "  batch_size: 32\n")  # at most the 40 training images
     main = _stage("train_classifier")
     assert main(["--data", str(tiny_split), "--out", str(tmp_path / "c.pt"),
                  "--metrics", str(tmp_path / "c.json"),

@@ -84,13 +84,17 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
 
     Returns one row per epoch (train loss and accuracy, seconds); no per-epoch validation,
     which would cost a tenth of the training time and choose nothing (the last epoch is
-    kept). Seeded: the same arguments give the same weights on the CPU.
+    kept). Seeded: the same arguments give the same weights on the CPU. A ``batch_size``
+    larger than the training set raises RuntimeError before any work.
     """
+    n = len(train_images)
+    if batch_size > n:  # before any work; the stage prints it as its one-line error
+        raise RuntimeError(f"classifier.batch_size must be <= {n} (the training images), "
+                           f"got {batch_size}")
     torch.manual_seed(seed)
     model.to(device).train()
     x_all = torch.as_tensor(train_images).to(device)
     y_all = torch.as_tensor(train_labels).to(device)
-    n = len(x_all)
     n_batches = math.ceil(n / batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     # per step, so a few epochs still end at a small learning rate (worth ~1 % test accuracy)
