@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vaepipe.animation import render_gif
-from vaepipe.config import ConfigError, load_params, to_dict
+from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_split
 from vaepipe.data.catalog import get_spec
 from vaepipe.io import write_json
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
         val_x, _ = select_classes(*load_split(args.data, "val"), sweep.classes)
         test_x, test_y = select_classes(*load_split(args.data, "test"), sweep.classes)
         probe = probe_indices(test_y, sweep.classes, PROBE_PER_CLASS)
+        check_batch_size("sweep.batch_size", sweep.batch_size, len(train_x))
     except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vaepipe.config import ConfigError, load_params, to_dict
+from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_split
 from vaepipe.io import write_json
 from vaepipe.models import MODELS, build_model, model_args
@@ -40,6 +40,8 @@ def main(argv=None) -> int:
         device = resolve_device(params.device)
         train_x, _ = load_split(args.data, "train")
         val_x, _ = load_split(args.data, "val")
+        check_batch_size(f"{args.model}.batch_size", getattr(params, args.model).batch_size,
+                         len(train_x))
     except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

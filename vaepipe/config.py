@@ -248,6 +248,13 @@ def _message(err: dict) -> str:
     return f"{key}: {err['msg']}, got {value!r}"
 
 
+def check_batch_size(key: str, batch_size: int, images: int) -> None:
+    """A batch larger than the training set is a mistake (one short batch per epoch), caught
+    once the stage knows the data's size, before any work."""
+    if batch_size > images:
+        raise ConfigError(f"{key} must be <= {images} (the training images), got {batch_size}")
+
+
 def parse_params(raw: Any) -> Params:
     """Validate a params mapping (as loaded from params.yaml) into :class:`Params`."""
     if raw is None:
