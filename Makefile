@@ -36,7 +36,7 @@ bench-train: env
 	$(RUN) python bench/train_throughput.py
 
 bench-queue: env
-	$(RUN) python bench/queue.py
+	$(RUN) python bench/exp_queue.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -1,7 +1,7 @@
 """Two experiments one after the other against the same two in `dvc queue start -j 2`.
 
-    python bench/queue.py                    # 2-epoch train-conv at beta 0.5 and 2.0
-    python bench/queue.py --unshared         # also -j 2 with VAEPIPE_THREADS=<all cores> each,
+    python bench/exp_queue.py                 # 2-epoch train-conv at beta 0.5 and 2.0
+    python bench/exp_queue.py --unshared         # also -j 2 with VAEPIPE_THREADS=<all cores> each,
                                              # the behaviour before stages shared the cores
 
 Runs in a temporary clone of HEAD that uses this checkout's DVC cache (so the clone's
