@@ -222,3 +222,50 @@ def test_sigkill_leaves_a_temporary_that_the_next_write_removes(tmp_path):
         fresh.write_bytes(b"whole")
     assert target.read_bytes() == b"whole"
     assert sorted(p.name for p in target.parent.iterdir()) == ["best.pt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict kernels: the same weights on every CPU?
+
+# sha256 of each checkpoint's weights (state_dict tensors in order) after `small_split`'s
+# one-epoch trainings with VAEPIPE_STRICT_KERNELS=1, recorded on the CPU named below
+GOLDEN_CPU = "AMD EPYC"
+GOLDEN_WEIGHTS = {
+    "mlp/final.pt": "be430deb7507cefe58ff51918e64dcda37740fbb0fd22fc3d4a6f019c75e6643",
+    "conv/final.pt": "174e9a9cb20eba369c0e4628f7278cb8d696b1b88b4ddf2c412f28967a708eb8",
+    "classifier.pt": "da33ac1be9beaf0606b35557e7dfcce9e09906434a07e029d147ce6fe1e9e4e9",
+}
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def weights_sha256(data: bytes) -> str:
+    import hashlib
+    import io
+
+    import torch
+
+    state = torch.load(io.BytesIO(data), weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_strict_kernels_train_the_golden_weights(tmp_path, small_split, env, request):
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("needs /proc/cpuinfo to name the CPU")
+    if GOLDEN_CPU not in _cpu_model():
+        # Recorded on one CPU family only: whether AVX2-capped kernels give the same bits on
+        # another (an AVX-512 Xeon) is what this run finds out; it is reported, not enforced.
+        request.node.add_marker(pytest.mark.xfail(
+            reason=f"golden weights recorded on {GOLDEN_CPU}, this is {_cpu_model()!r}",
+            strict=False))
+    trained = _train_all(tmp_path, small_split, {**env, "VAEPIPE_STRICT_KERNELS": "1"}, 2)
+    assert {name: weights_sha256(data) for name, data in trained.items()} == GOLDEN_WEIGHTS
