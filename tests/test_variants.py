@@ -12,7 +12,8 @@ import pytest
 from vaepipe.training import load_checkpoint
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-SHORT = ["-S", "mlp.epochs=1", "-S", "conv.epochs=1"]
+# mlp.batch_size: the tiny CIFAR split has 80 training images, fewer than the default 128
+SHORT = ["-S", "mlp.epochs=1", "-S", "conv.epochs=1", "-S", "mlp.batch_size=64"]
 
 
 def readme_variants() -> dict[str, list[str]]:
