@@ -113,8 +113,10 @@ class Case:
 
 
 def case(id_: str, key: str, value: Any, stage: str, message: str, gap: str = "",
-         skip: tuple[bool, str] = (False, "")) -> Any:
+         skip: tuple[bool, str] = (False, ""), slow: bool = False) -> Any:
     marks = [pytest.mark.skipif(skip[0], reason=skip[1] or "-")]
+    if slow:  # a second case of a kind the fast suite already covers
+        marks.append(pytest.mark.slow)
     if gap:  # a known hole, reported; strict, so the fix turns this into a failure to unmark
         marks.append(pytest.mark.xfail(strict=True, reason=gap))
     return pytest.param(Case(key, value, stage, message), id=id_, marks=marks)
@@ -124,17 +126,17 @@ NO_CHECK = ("no stage declares this key as a param, so `dvc repro` runs nothing 
             "the typo is never reported (dvc.yaml lists keys one by one, e.g. sweep.*)")
 
 PARAM_CASES = [
-    case("beta-negative", "beta", -0.5, "train-mlp", "beta must be >= 0, got -0.5"),
+    case("beta-negative", "beta", -0.5, "train-mlp", "beta must be >= 0, got -0.5", slow=True),
     case("beta-nan", "beta", math.nan, "train-mlp", "beta must be a finite number, got nan"),
     case("beta-text", "beta", "one", "train-mlp", "beta must be a number, got 'one'"),
-    case("seed-negative", "seed", -1, "train-mlp", "seed must be >= 0, got -1"),
+    case("seed-negative", "seed", -1, "train-mlp", "seed must be >= 0, got -1", slow=True),
     case("device-cuda", "device", "cuda", "train-mlp",
          "device 'cuda' was requested (params.yaml: device) but is not available on this "
          "machine; available: cpu", skip=(torch.cuda.is_available(), "CUDA is present here")),
     case("data-val-fraction-1.5", "data.val_fraction", 1.5, "split",
          "data.val_fraction must be > 0 and < 1, got 1.5"),
     case("data-val-fraction-0", "data.val_fraction", 0, "split",
-         "data.val_fraction must be > 0 and < 1, got 0.0"),
+         "data.val_fraction must be > 0 and < 1, got 0.0", slow=True),
     case("data-dataset-unknown", "data.dataset", "svhn", "download",
          "data.dataset must be one of fashion-mnist, mnist, cifar10; got 'svhn'"),
     case("mlp-latent-dim-0", "mlp.latent_dim", 0, "train-mlp",
@@ -148,9 +150,9 @@ PARAM_CASES = [
     case("conv-batch-size-0", "conv.batch_size", 0, "train-conv",
          "conv.batch_size must be >= 1, got 0"),
     case("conv-lr-negative", "conv.lr", -0.001, "train-conv",
-         "conv.lr must be > 0 and <= 1, got -0.001"),
+         "conv.lr must be > 0 and <= 1, got -0.001", slow=True),
     case("conv-latent-dim-0", "conv.latent_dim", 0, "train-conv",
-         "conv.latent_dim must be >= 1, got 0"),
+         "conv.latent_dim must be >= 1, got 0", slow=True),
     case("sweep-betas-empty", "sweep.betas", [], "sweep-table",
          "sweep.betas must list at least 1 value(s), got []"),
     case("sweep-betas-repeated", "sweep.betas", [0.1, 0.1], "sweep-table",
@@ -158,23 +160,23 @@ PARAM_CASES = [
     case("sweep-class-10", "sweep.classes", [0, 1, 10], "beta-sweep@0.1",
          "sweep.classes[2] must be >= 0 and <= 9, got 10"),
     case("sweep-epochs-0", "sweep.epochs", 0, "beta-sweep@0.1",
-         "sweep.epochs must be >= 1, got 0"),
+         "sweep.epochs must be >= 1, got 0", slow=True),
     case("classifier-features-float", "classifier.features", 8.5, "train-classifier",
          "classifier.features must be an integer, got 8.5"),
     case("mlp-batch-size-over-data", "mlp.batch_size", 1000, "train-mlp",
          "mlp.batch_size must be <= 180 (the training images), got 1000"),
     case("sweep-batch-size-over-data", "sweep.batch_size", 1000, "beta-sweep@0.1",
-         "sweep.batch_size must be <= 52 (the training images), got 1000"),  # of 0, 1, 7
+         "sweep.batch_size must be <= 52 (the training images), got 1000", slow=True),  # of 0, 1, 7
     case("classifier-batch-size-over-data", "classifier.batch_size", 1000, "train-classifier",
-         "classifier.batch_size must be <= 180 (the training images), got 1000"),
+         "classifier.batch_size must be <= 180 (the training images), got 1000", slow=True),
     case("evaluate-samples-text", "evaluate.samples", "many", "evaluate",
          "evaluate.samples must be an integer, got 'many'"),
     case("evaluate-iwae-batch-float", "evaluate.iwae_batch", 2.5, "evaluate",
-         "evaluate.iwae_batch must be an integer, got 2.5"),
+         "evaluate.iwae_batch must be an integer, got 2.5", slow=True),
     case("visualize-tsne-iterations-100", "visualize.tsne_iterations", 100, "visualize",
          "visualize.tsne_iterations must be >= 250, got 100"),
     case("visualize-span-text", "visualize.traversal_span", "wide", "visualize",
-         "visualize.traversal_span must be a number, got 'wide'"),
+         "visualize.traversal_span must be a number, got 'wide'", slow=True),
     # known gaps (strict xfail): see the reason
     case("top-level-key-misspelt", "bta", 0.5, "train-mlp",
          "unknown key bta; allowed keys in params.yaml", gap=NO_CHECK),
@@ -193,7 +195,6 @@ def with_value(params: dict, key: str, value: Any) -> dict:
     return bad
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bad", PARAM_CASES)
 def test_bad_param_stops_its_stage_with_one_line_and_touches_nothing(tiny_repro, recorded,
                                                                     bad):
@@ -265,7 +266,6 @@ def flip_last_byte(gz: Path) -> bytes:
     return bytes(content)
 
 
-@pytest.mark.slow
 def test_download_stage_names_a_truncated_and_an_altered_raw_file(offline_repro, tmp_path):
     project = offline_repro
     before = snapshot(project.root)
@@ -326,7 +326,6 @@ BAD_ARRAYS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damage,message", BAD_ARRAYS)
 def test_train_stage_names_a_bad_processed_array(offline_repro, recorded, damage, message):
     project = offline_repro

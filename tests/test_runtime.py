@@ -228,7 +228,7 @@ def test_sigkill_leaves_a_temporary_that_the_next_write_removes(tmp_path):
 # Strict kernels: the same weights on every CPU?
 
 # sha256 of each checkpoint's weights (state_dict tensors in order) after `small_split`'s
-# one-epoch trainings with VAEPIPE_STRICT_KERNELS=1, recorded on the CPU named below
+# one-epoch trainings with VAEPIPE_STRICT_KERNELS=1, recorded on the CPU named below (no AVX-512)
 GOLDEN_CPU = "AMD EPYC"
 GOLDEN_WEIGHTS = {
     "mlp/final.pt": "be430deb7507cefe58ff51918e64dcda37740fbb0fd22fc3d4a6f019c75e6643",
@@ -261,11 +261,13 @@ def weights_sha256(data: bytes) -> str:
 def test_strict_kernels_train_the_golden_weights(tmp_path, small_split, env, request):
     if not Path("/proc/cpuinfo").exists():
         pytest.skip("needs /proc/cpuinfo to name the CPU")
-    if GOLDEN_CPU not in _cpu_model():
+    avx512 = " avx512f" in Path("/proc/cpuinfo").read_text()
+    if GOLDEN_CPU not in _cpu_model() or avx512:
         # Recorded on one CPU family only: whether AVX2-capped kernels give the same bits on
         # another (an AVX-512 Xeon) is what this run finds out; it is reported, not enforced.
         request.node.add_marker(pytest.mark.xfail(
-            reason=f"golden weights recorded on {GOLDEN_CPU}, this is {_cpu_model()!r}",
+            reason=f"golden weights recorded on an {GOLDEN_CPU} without AVX-512, this is "
+                   f"{_cpu_model()!r}{' with AVX-512' if avx512 else ''}",
             strict=False))
     trained = _train_all(tmp_path, small_split, {**env, "VAEPIPE_STRICT_KERNELS": "1"}, 2)
     assert {name: weights_sha256(data) for name, data in trained.items()} == GOLDEN_WEIGHTS
