@@ -118,7 +118,7 @@ def case(id_: str, key: str, value: Any, stage: str, message: str, gap: str = ""
     if slow:  # a second case of a kind the fast suite already covers
         marks.append(pytest.mark.slow)
     if gap:  # a known hole, reported; strict, so the fix turns this into a failure to unmark
-        marks.append(pytest.mark.xfail(strict=True, reason=gap))
+        marks += [pytest.mark.xfail(strict=True, reason=gap), pytest.mark.slow]
     return pytest.param(Case(key, value, stage, message), id=id_, marks=marks)
 
 
@@ -156,7 +156,7 @@ PARAM_CASES = [
     case("sweep-betas-empty", "sweep.betas", [], "sweep-table",
          "sweep.betas must list at least 1 value(s), got []"),
     case("sweep-betas-repeated", "sweep.betas", [0.1, 0.1], "sweep-table",
-         "sweep.betas must not repeat a value, got [0.1, 0.1]"),
+         "sweep.betas must not repeat a value, got [0.1, 0.1]", slow=True),
     case("sweep-class-10", "sweep.classes", [0, 1, 10], "beta-sweep@0.1",
          "sweep.classes[2] must be >= 0 and <= 9, got 10"),
     case("sweep-epochs-0", "sweep.epochs", 0, "beta-sweep@0.1",
