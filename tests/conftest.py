@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +35,15 @@ from vaepipe.data.sources import EXPECTED_MD5_ENV
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
 PROJECT_DIRS = ("stages", "vaepipe")
+
+
+def load_stage(script: str):
+    """Import a stage script as a module (its ``main`` is not run on import)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{script[:-3]}",
+                                                  REPO_ROOT / "stages" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import yaml
 
 import fakedata
 from vaepipe.data import arrays, catalog, sources, split
+from conftest import load_stage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -50,15 +50,6 @@ def test_bad_params_exit_2_naming_the_key(tmp_path, script, args, key, value) ->
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no work done
-
-
-def load_stage(script: str):
-    """Import a stage script as a module (its ``main`` is not run on import)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{script[:-3]}",
-                                                  REPO_ROOT / "stages" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_split_stage_reports_missing_raw_data_with_exit_1(tmp_path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -39,6 +38,7 @@ import torch
 import yaml
 
 import fakedata
+from conftest import load_stage
 from tiny import ALL_STAGES
 from vaepipe.data.arrays import load_split, save_arrays
 from vaepipe.data.catalog import CIFAR_DIR, DataFormatError, DataSourceError
@@ -397,15 +397,6 @@ def test_train_classifier_refuses_a_batch_larger_than_the_training_set():
         train_classifier(model, x, y, 1, 21, 1e-2, 0.0, 0, cpu, log=None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step
     assert len(train_classifier(model, x, y, 1, 20, 1e-2, 0.0, 0, cpu, log=None)) == 1
-
-
-def load_stage(script: str):
-    """Import a stage script as a module (its ``main`` is not run on import)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{script[:-3]}",
-                                                  REPO_ROOT / "stages" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("tamper,message", [
