@@ -80,7 +80,8 @@ class StageClock:
     def read(self) -> None:
         for line in self.proc.stdout:
             self.lines.append(line)
-            sys.stdout.write(line) if not line.startswith(("\r",)) else None
+            if not line.startswith("\r"):  # not a progress bar's redraw
+                sys.stdout.write(line)
             match = STAGE_LINE.search(line)
             if match:
                 self._close(time.monotonic())

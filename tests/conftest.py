@@ -253,7 +253,6 @@ def _tiny_baseline(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     assert ran == ALL_STAGES, first.stdout
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "tiny pipeline reproduced")
-    project.first_repro_stdout = first.stdout  # type: ignore[attr-defined]
     return project
 
 

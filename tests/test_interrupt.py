@@ -21,18 +21,19 @@ from PIL import Image
 
 TEMPORARY = re.compile(r"^\..+\.\d+\..+\.tmp$")  # vaepipe.io.atomic_path's names
 
-# stage -> (its outputs, params that make it run long, params that make it rerun briefly)
+# stage -> (its script, its outputs, params that make it run long, params that make it rerun
+# briefly)
 LONG_STAGES = {
-    "train-mlp": (["models/mlp", "reports/train/mlp_history.csv", "reports/train/mlp.json"],
+    "train-mlp": ("stages/train.py",
+                  ["models/mlp", "reports/train/mlp_history.csv", "reports/train/mlp.json"],
                   {"mlp": {"epochs": 400}}, {"mlp": {"epochs": 3}}),
-    "beta-sweep@0.1": (["models/sweep", "reports/sweep/beta_0.1"],
+    "beta-sweep@0.1": ("stages/beta_sweep.py", ["models/sweep", "reports/sweep/beta_0.1"],
                        {"sweep": {"epochs": 400}}, {"sweep": {"epochs": 2}}),
-    "evaluate": (["data/evaluate", "reports/evaluate.json", "reports/evaluate_details.json",
+    "evaluate": ("stages/evaluate.py",
+                 ["data/evaluate", "reports/evaluate.json", "reports/evaluate_details.json",
                   "reports/evaluation.md"],
                  {"evaluate": {"samples": 20000}}, {"evaluate": {"samples": 120}}),
 }
-STAGE_SCRIPT = {"train-mlp": "stages/train.py", "beta-sweep@0.1": "stages/beta_sweep.py",
-                "evaluate": "stages/evaluate.py"}
 
 
 def _with(project, overrides: dict) -> None:
@@ -99,10 +100,10 @@ def _wait_for_stage(proc: subprocess.Popen, script: str, timeout: float = 120) -
 
 def test_sigkill_mid_stage_leaves_only_whole_files_and_repro_completes(tiny_repro):
     project = tiny_repro
-    for stage, (outs, long_params, rerun_params) in LONG_STAGES.items():
+    for stage, (script, outs, long_params, rerun_params) in LONG_STAGES.items():
         _with(project, long_params)
         proc = _start(project, "repro", stage)
-        _wait_for_stage(proc, STAGE_SCRIPT[stage])
+        _wait_for_stage(proc, script)
         os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage, no chance to clean up
         proc.wait(timeout=30)
 
@@ -136,6 +137,6 @@ def test_ctrl_c_stops_repro_with_one_line_and_no_traceback(tiny_repro):
     lines = [line for line in output.splitlines() if "interrupted" in line]
     assert "train: interrupted by SIGINT; files it had finished are kept, none is half-written" \
         in lines
-    for path in _files(project, LONG_STAGES["train-mlp"][0]):
+    for path in _files(project, LONG_STAGES["train-mlp"][1]):
         assert TEMPORARY.match(path.name) is None  # SIGINT runs the cleanup
         _check_whole(path)

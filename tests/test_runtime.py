@@ -3,6 +3,8 @@ not depend on the thread count, Ctrl-C / SIGTERM without a traceback, no leftove
 
 Everything runs in real subprocesses: slots are ``flock``s held by processes, signals are real.
 """
+import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from vaepipe.data.arrays import save_arrays
@@ -245,11 +248,6 @@ def _cpu_model() -> str:
 
 
 def weights_sha256(data: bytes) -> str:
-    import hashlib
-    import io
-
-    import torch
-
     state = torch.load(io.BytesIO(data), weights_only=True)["state_dict"]
     digest = hashlib.sha256()
     for name, tensor in state.items():
