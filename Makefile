@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV)/bin)
 # DVC runs each stage's `python ...` through the shell: the venv must come first on PATH.
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: env repro test test-all bench bench-train bench-queue clean-env
+.PHONY: env repro test test-all bench bench-train bench-queue bench-layouts clean-env
 
 env: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ bench-train: env
 
 bench-queue: env
 	$(RUN) python bench/exp_queue.py
+
+# channels-last against contiguous conv models, one process, alternating blocks of steps
+bench-layouts: env
+	$(RUN) python bench/layouts.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -18,6 +18,7 @@ from torch import nn
 
 from vaepipe import runtime
 from vaepipe.io import atomic_path
+from vaepipe.layers import BatchNorm2d
 from vaepipe.training import CheckpointError, to_unit_float
 
 CLASSIFIER_FORMAT = 1
@@ -40,7 +41,7 @@ class Classifier(nn.Module):
         c, h, w = image_shape
         layers: list[nn.Module] = []
         for out in channels:
-            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(),
+            layers += [nn.Conv2d(c, out, 3, padding=1), BatchNorm2d(out), nn.ReLU(),
                        nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2  # floor, as MaxPool2d does: 28 -> 14 -> 7
         if h < 1 or w < 1:
@@ -50,6 +51,9 @@ class Classifier(nn.Module):
         self.body = nn.Sequential(*layers)
         self.hidden = nn.Sequential(nn.Linear(c * h * w, features), nn.ReLU())
         self.head = nn.Linear(features, num_classes)
+        # NHWC convolutions without layout reorders: a training step is 1.4x faster on a
+        # 2-core AVX2 CPU (bench/layouts.py), with the same values.
+        self.to(memory_format=torch.channels_last)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(self.body(x))  # (B, features)
