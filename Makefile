@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV)/bin)
 # DVC runs each stage's `python ...` through the shell: the venv must come first on PATH.
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: env repro test test-all bench bench-train bench-queue bench-layouts clean-env
+.PHONY: env repro test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
 
 env: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ bench-queue: env
 # channels-last against contiguous conv models, one process, alternating blocks of steps
 bench-layouts: env
 	$(RUN) python bench/layouts.py
+
+# glibc's malloc against the tcmalloc the stages preload, alternating child processes
+bench-alloc: env
+	$(RUN) python bench/allocator.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from vaepipe import runtime  # isort: skip
 
 if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
+    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
     runtime.handle_signals()
 
 import argparse

@@ -19,6 +19,7 @@ import yaml
 
 from vaepipe.data.arrays import save_arrays
 from vaepipe.io import atomic_path, remove_stale_temporaries
+from vaepipe.runtime import fast_allocator
 from vaepipe.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def env(tmp_path):
     env["VAEPIPE_CPU_SLOTS"] = str(tmp_path / "slots")
     env["PYTHONPATH"] = str(ROOT)
     for name in ("VAEPIPE_THREADS", "VAEPIPE_STRICT_KERNELS", "MKL_CBWR", "ATEN_CPU_CAPABILITY",
-                 "ONEDNN_MAX_CPU_ISA"):
+                 "ONEDNN_MAX_CPU_ISA", "VAEPIPE_ALLOCATOR", "LD_PRELOAD"):
         env.pop(name, None)
     return env
 
@@ -105,6 +106,38 @@ def test_a_bad_thread_count_stops_the_stage_with_one_line(env, tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "error: VAEPIPE_THREADS must be a positive integer, got 'zero'\n"
+
+
+# a stage script's first lines, then what the process ended up as
+STAGE_START = """from vaepipe import runtime
+if __name__ == "__main__":
+    runtime.use_fast_allocator()
+    import os, sys
+    maps = open("/proc/self/maps").read()
+    print(os.getpid(), "tcmalloc" in maps, *sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(fast_allocator() is None, reason="tcmalloc is not installed "
+                    "(Debian: libtcmalloc-minimal4); stages then keep glibc's malloc")
+def test_a_stage_reexecutes_itself_under_tcmalloc_with_its_pid_and_arguments(env, tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_START)
+    proc = subprocess.Popen([sys.executable, str(script), "--beta", "0.5"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert out.split() == [str(proc.pid), "True", "--beta", "0.5"]
+    system = subprocess.run([sys.executable, str(script)], env={**env, "VAEPIPE_ALLOCATOR":
+                            "system"}, capture_output=True, text=True, timeout=60)
+    assert system.stdout.split()[1] == "False"
+
+
+def test_an_unknown_allocator_stops_the_stage_with_one_line(env):
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/sweep_table.py"), "--help"],
+                          env={**env, "VAEPIPE_ALLOCATOR": "jemalloc"}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: VAEPIPE_ALLOCATOR must be tcmalloc or system, got 'jemalloc'\n"
 
 
 def test_kernel_settings_are_set_for_every_stage_and_strict_mode_caps_the_isa(env):
