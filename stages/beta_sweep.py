@@ -13,6 +13,7 @@ from __future__ import annotations
 from vaepipe import runtime  # isort: skip
 
 if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
+    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
     runtime.handle_signals()
 
 import argparse
@@ -25,7 +26,7 @@ import torch
 
 from vaepipe.animation import render_gif
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
-from vaepipe.data.arrays import load_split
+from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import get_spec
 from vaepipe.io import write_json
 from vaepipe.models import build_model
@@ -53,9 +54,10 @@ def main(argv=None) -> int:
         device = resolve_device(params.device)
         sweep = params.sweep
         names = get_spec(params.data.dataset).class_names
-        train_x, train_y = select_classes(*load_split(args.data, "train"), sweep.classes)
-        val_x, _ = select_classes(*load_split(args.data, "val"), sweep.classes)
-        test_x, test_y = select_classes(*load_split(args.data, "test"), sweep.classes)
+        train, val, test = load_splits(args.data, "train", "val", "test")
+        train_x, train_y = select_classes(*train, sweep.classes)
+        val_x, _ = select_classes(*val, sweep.classes)
+        test_x, test_y = select_classes(*test, sweep.classes)
         probe = probe_indices(test_y, sweep.classes, PROBE_PER_CLASS)
         check_batch_size("sweep.batch_size", sweep.batch_size, len(train_x))
     except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:

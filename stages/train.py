@@ -10,6 +10,7 @@ from __future__ import annotations
 from vaepipe import runtime  # isort: skip
 
 if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
+    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
     runtime.handle_signals()
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
-from vaepipe.data.arrays import load_split
+from vaepipe.data.arrays import load_splits
 from vaepipe.io import write_json
 from vaepipe.models import MODELS, build_model, model_args
 from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,
@@ -38,8 +39,7 @@ def main(argv=None) -> int:
     try:
         params = load_params(args.params)
         device = resolve_device(params.device)
-        train_x, _ = load_split(args.data, "train")
-        val_x, _ = load_split(args.data, "val")
+        (train_x, _), (val_x, _) = load_splits(args.data, "train", "val")
         check_batch_size(f"{args.model}.batch_size", getattr(params, args.model).batch_size,
                          len(train_x))
     except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from vaepipe import runtime  # isort: skip
 
 if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
+    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
     runtime.handle_signals()
 
 import argparse
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 
 from vaepipe.classifier import Classifier, accuracy, save_classifier, train_classifier
-from vaepipe.config import ConfigError, load_params, to_dict
-from vaepipe.data.arrays import load_split
+from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
+from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import NUM_CLASSES
 from vaepipe.io import write_json
 from vaepipe.training import DeviceError, device_name, resolve_device
@@ -38,9 +39,11 @@ def main(argv=None) -> int:
     try:
         params = load_params(args.params)
         device = resolve_device(params.device)
-        splits = {name: load_split(args.data, name) for name in ("train", "val", "test")}
+        splits = dict(zip(("train", "val", "test"),
+                          load_splits(args.data, "train", "val", "test")))
         cfg = params.classifier
         train_x, train_y = splits["train"]
+        check_batch_size("classifier.batch_size", cfg.batch_size, len(train_x))
         torch.manual_seed(params.seed)  # the initial weights
         model = Classifier(tuple(train_x.shape[1:]), NUM_CLASSES, cfg.channels, cfg.features)
     except (ConfigError, DeviceError, ValueError) as exc:

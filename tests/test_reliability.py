@@ -40,7 +40,7 @@ import yaml
 import fakedata
 from conftest import load_stage
 from tiny import ALL_STAGES
-from vaepipe.data.arrays import load_split, save_arrays
+from vaepipe.data.arrays import load_split, load_splits, save_arrays
 from vaepipe.data.catalog import CIFAR_DIR, DataFormatError, DataSourceError
 from vaepipe.data.sources import fetch_raw
 
@@ -354,9 +354,6 @@ def test_train_stage_names_a_bad_processed_array(offline_repro, recorded, damage
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train and val images of different shapes pass "
-                   "load_split one by one; fit() fails at the first validation in a traceback "
-                   "(the check belongs in stages/train.py)")
 def test_train_stage_names_train_and_val_images_of_different_shapes(offline_repro):
     project = offline_repro
     processed = project.root / "data/processed/fashion-mnist"
@@ -387,12 +384,13 @@ def test_load_split_refuses_images_of_no_known_shape_and_empty_splits(tmp_path):
 
 def test_train_classifier_refuses_a_batch_larger_than_the_training_set():
     from vaepipe.classifier import Classifier, train_classifier
+    from vaepipe.config import ConfigError
 
     x, y = np.zeros((20, 1, 28, 28), np.uint8), np.arange(20, dtype=np.int64) % 10
     model = Classifier((1, 28, 28), 10, (4,), 8)
     before = copy.deepcopy(model.state_dict())
     cpu = torch.device("cpu")
-    with pytest.raises(RuntimeError, match=r"^classifier\.batch_size must be <= 20 \(the "
+    with pytest.raises(ConfigError, match=r"^classifier\.batch_size must be <= 20 \(the "
                                            r"training images\), got 21$"):
         train_classifier(model, x, y, 1, 21, 1e-2, 0.0, 0, cpu, log=None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step
@@ -528,3 +526,16 @@ def test_tar_member_that_is_a_link_out_of_the_target_is_refused(tmp_path, monkey
     assert not dest.exists() and list((tmp_path / "raw").iterdir()) == []
     assert secret.read_bytes() == b"not CIFAR"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "raw", "secret"]
+
+
+def test_load_splits_names_the_split_whose_images_differ_from_the_first(tmp_path):
+    labels = np.zeros(2, np.int64)
+    save_arrays(tmp_path / "train.npz", np.zeros((2, 1, 28, 28), np.uint8), labels)
+    save_arrays(tmp_path / "val.npz", np.zeros((2, 1, 28, 28), np.uint8), labels)
+    save_arrays(tmp_path / "test.npz", np.zeros((2, 3, 32, 32), np.uint8), labels)
+    (train_x, _), (val_x, _) = load_splits(tmp_path, "train", "val")
+    assert train_x.shape == val_x.shape == (2, 1, 28, 28)
+    with pytest.raises(DataFormatError, match=rf"^{tmp_path}/test\.npz: images are 3x32x32, but "
+                                              r"train\.npz's are 1x28x28; rerun `dvc repro "
+                                              r"split`$"):
+        load_splits(tmp_path, "train", "val", "test")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaepipe import runtime
+from vaepipe.config import check_batch_size
 from vaepipe.io import atomic_path
 from vaepipe.layers import BatchNorm2d
 from vaepipe.training import CheckpointError, to_unit_float
@@ -89,12 +90,10 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     Returns one row per epoch (train loss and accuracy, seconds); no per-epoch validation,
     which would cost a tenth of the training time and choose nothing (the last epoch is
     kept). Seeded: the same arguments give the same weights on the CPU. A ``batch_size``
-    larger than the training set raises RuntimeError before any work.
+    larger than the training set raises :class:`vaepipe.config.ConfigError` before any work.
     """
     n = len(train_images)
-    if batch_size > n:  # before any work; the stage prints it as its one-line error
-        raise RuntimeError(f"classifier.batch_size must be <= {n} (the training images), "
-                           f"got {batch_size}")
+    check_batch_size("classifier.batch_size", batch_size, n)
     torch.manual_seed(seed)
     model.to(device).train()
     x_all = torch.as_tensor(train_images).to(device)

@@ -60,3 +60,17 @@ def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray
         raise DataFormatError(f"{path}: 'labels' must be int64 ({len(images)},), got "
                               f"{labels.dtype} {labels.shape}")
     return images, labels
+
+
+def load_splits(directory: str | Path, *names: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`load_split` for each of ``names``, which must all hold images of one shape (a
+    model is built for the first one's); the first split that differs is named."""
+    splits = [load_split(directory, name) for name in names]
+    first = splits[0][0].shape[1:]
+    for name, (images, _) in zip(names[1:], splits[1:]):
+        if images.shape[1:] != first:
+            shown = "x".join(map(str, images.shape[1:]))
+            raise DataFormatError(f"{Path(directory) / f'{name}.npz'}: images are {shown}, but "
+                                  f"{names[0]}.npz's are {'x'.join(map(str, first))}; rerun "
+                                  f"`dvc repro split`")
+    return splits
