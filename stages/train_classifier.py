@@ -43,9 +43,9 @@ def main(argv=None) -> int:
                           load_splits(args.data, "train", "val", "test")))
         cfg = params.classifier
         train_x, train_y = splits["train"]
-        check_batch_size("classifier.batch_size", cfg.batch_size, len(train_x))
         torch.manual_seed(params.seed)  # the initial weights
         model = Classifier(tuple(train_x.shape[1:]), NUM_CLASSES, cfg.channels, cfg.features)
+        check_batch_size("classifier.batch_size", cfg.batch_size, len(train_x))
     except (ConfigError, DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from vaepipe import runtime
 from vaepipe.config import check_batch_size
 from vaepipe.io import atomic_path
 from vaepipe.layers import BatchNorm2d
-from vaepipe.training import CheckpointError, to_unit_float
+from vaepipe.training import CheckpointError, read_checkpoint, to_unit_float
 
 CLASSIFIER_FORMAT = 1
 EVAL_BATCH = 500  # inference batch: 1.35x faster than 1000 on a 2-core CPU (cache-sized)
@@ -144,13 +144,7 @@ def save_classifier(path: str | Path, model: Classifier, meta: dict) -> None:
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[Classifier, dict]:
     """Rebuild the classifier from its checkpoint alone; ``(model in eval mode, checkpoint)``."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found; run `dvc repro train-classifier`") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-        reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    ckpt = read_checkpoint(path, device, "not found; run `dvc repro train-classifier`")
     if (not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_FORMAT
             or ckpt.get("kind") != "classifier"):
         raise CheckpointError(f"{path}: not a classifier checkpoint of format "

@@ -125,6 +125,19 @@ def save_checkpoint(path: Path, model: VAE, epoch: int, metrics: dict, meta: dic
         torch.save(ckpt, fh)
 
 
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    missing: str = "not found"):
+    """``torch.load(weights_only=True)``: no pickled code runs. A missing or unreadable file
+    raises :class:`CheckpointError` naming it (``missing`` says what to do when it is absent)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {missing}") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
     """Rebuild a model from its checkpoint alone; returns ``(model in eval mode, checkpoint)``.
 
@@ -132,13 +145,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     :data:`CHECKPOINT_FORMAT`, names an unknown model kind or holds weights whose shapes do not
     fit its own ``model_args`` raises :class:`CheckpointError` naming the file.
     """
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-        reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    ckpt = read_checkpoint(path, device)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: checkpoint format {found!r} is not supported; this "
