@@ -166,6 +166,29 @@ def reference_epochs(project: Path, device: torch.device) -> dict[str, float]:
     return seconds
 
 
+def training_speedups(project: Path, params, ref: dict[str, float], n_train: int,
+                      sweep_share: float) -> dict[str, dict]:
+    """Training images per second of train-mlp, train-conv and the sweep (their epochs' own
+    timing, from the tracked JSON) against the reference recipe's, measured in this run."""
+    if not ref:
+        return {}
+    rows = {}
+    for kind in ("mlp", "conv"):
+        report = project / f"reports/train/{kind}.json"
+        ours = json.loads(report.read_text())["images_per_second"]
+        rows[f"train-{kind}"] = {"images_per_second": ours,
+                                 "reference_images_per_second": n_train / ref[kind]}
+    sweep_images = n_train * sweep_share * params.sweep.epochs
+    seconds = [json.loads(p.read_text())["train_seconds"]
+               for p in sorted(project.glob("reports/sweep/beta_*/metrics.json"))]
+    if seconds:
+        rows["beta-sweep"] = {"images_per_second": sweep_images * len(seconds) / sum(seconds),
+                              "reference_images_per_second": n_train / ref["conv"]}
+    for row in rows.values():
+        row["speedup"] = row["images_per_second"] / row["reference_images_per_second"]
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", action="store_true",
@@ -182,6 +205,7 @@ def main(argv=None) -> int:
         ref = {} if args.no_reference else reference_epochs(project, device)
         train_x, train_y = load_split(project / f"data/processed/{params.data.dataset}", "train")
         sweep_share = len(select_classes(train_x, train_y, params.sweep.classes)[0]) / len(train_y)
+        speedups = training_speedups(project, params, ref, len(train_y), sweep_share)
 
     estimate = None
     if ref:
@@ -197,6 +221,7 @@ def main(argv=None) -> int:
         "stages": stages, "total_seconds": total,
         "reference_seconds_per_epoch": ref, "reference_training_estimate_seconds": estimate,
         "ratio_to_reference": total / estimate if estimate else None,
+        "training_speedup": speedups,
     }
     print()
     print(f"{result['date']}; {result['machine']}; {result['device']}; {result['command']}")
@@ -209,6 +234,9 @@ def main(argv=None) -> int:
         print(f"reference recipe, same run: MLP {ref['mlp']:.1f} s/epoch, conv "
               f"{ref['conv']:.1f} s/epoch; its training alone for the same epochs "
               f"~{estimate:.0f} s; pipeline / reference = {total / estimate:.2f}")
+    for name, row in speedups.items():
+        print(f"{name}: {row['images_per_second']:,.0f} img/s in training against the "
+              f"reference's {row['reference_images_per_second']:,.0f}: {row['speedup']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
