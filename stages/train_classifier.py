@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from vaepipe.classifier import Classifier, accuracy, save_classifier, train_classifier
-from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
+from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import NUM_CLASSES
 from vaepipe.io import write_json
@@ -45,7 +45,6 @@ def main(argv=None) -> int:
         train_x, train_y = splits["train"]
         torch.manual_seed(params.seed)  # the initial weights
         model = Classifier(tuple(train_x.shape[1:]), NUM_CLASSES, cfg.channels, cfg.features)
-        check_batch_size("classifier.batch_size", cfg.batch_size, len(train_x))
     except (ConfigError, DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +52,9 @@ def main(argv=None) -> int:
     try:
         history = train_classifier(model, train_x, train_y, cfg.epochs, cfg.batch_size, cfg.lr,
                                    cfg.weight_decay, params.seed, device)
+    except ConfigError as exc:  # classifier.batch_size over the training set: before any step
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -93,7 +93,7 @@ def use_fast_allocator() -> None:
 
     PyTorch's CPU kernels allocate and free a few hundred buffers per training step; glibc's
     malloc returns large ones to the kernel and faults them in again, tcmalloc keeps them:
-    a conv step is 1.09x and an MLP step 1.04x faster on a 2-core CPU (``make bench-alloc``).
+    a conv step is 1.12x and an MLP step 1.08x faster on a 2-core CPU (``make bench-alloc``).
     Every tensor is 64-byte aligned whichever allocator runs, so the numbers are the same
     bits. ``VAEPIPE_ALLOCATOR=system`` keeps glibc's malloc. The process keeps its PID (exec),
     so DVC, signals and CPU slots see one process. Call it first, before the slow imports.
