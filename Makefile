@@ -1,11 +1,17 @@
-# Two entry points: `make repro` (environment + full pipeline) and `make test` (environment + tests).
+# Entry points: `make repro` (environment + full pipeline), `make test` (environment + the fast
+# tests), `make test-all` (every test; what CI runs).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV)/bin)
 # DVC runs each stage's `python ...` through the shell: the venv must come first on PATH.
 RUN    := PATH="$(BIN):$$PATH"
+# gperftools' tcmalloc where it is installed (Debian: libtcmalloc-minimal4), preloaded for the
+# pipeline's runs: PyTorch's CPU kernels allocate and free large buffers every training step,
+# which glibc's malloc hands back to the kernel and faults in again (`make bench-alloc`).
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
+FAST   := $(RUN) $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: env repro test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
+.PHONY: env test-env repro test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
 
 env: $(VENV)/.installed
 
@@ -17,34 +23,41 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-repro: env
-	$(RUN) dvc repro
+# the runtime environment plus what the tests and benchmarks need (requirements-test.txt)
+test-env: $(VENV)/.installed-test
 
-test: env
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+repro: env
+	$(FAST) dvc repro
+
+test: test-env
 	$(RUN) python -m pytest -m "not slow"
 
-test-all: env
+test-all: test-env
 	$(RUN) python -m pytest
 
 # the whole pipeline in a temporary clone (`dvc repro -f`), per stage, against the reference
-bench: env
+bench: test-env
 	$(RUN) dvc repro download
-	$(RUN) python bench/pipeline.py
+	$(FAST) python bench/pipeline.py
 
-bench-train: env
+bench-train: test-env
 	$(RUN) dvc repro split
 	$(RUN) python bench/train_throughput.py
 
-bench-queue: env
-	$(RUN) python bench/exp_queue.py
+bench-queue: test-env
+	$(FAST) python bench/exp_queue.py
 
 # channels-last against contiguous conv models, one process, alternating blocks of steps
-bench-layouts: env
+bench-layouts: test-env
 	$(RUN) python bench/layouts.py
 
-# glibc's malloc against the tcmalloc the stages preload, alternating child processes
-bench-alloc: env
-	$(RUN) python bench/allocator.py
+# glibc's malloc against tcmalloc, alternating child processes
+bench-alloc: test-env
+	$(RUN) python bench/allocator.py $(TCMALLOC)
 
 clean-env:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""glibc's malloc against tcmalloc (what the stages preload, ``vaepipe.runtime``), same machine.
+"""glibc's malloc against tcmalloc (what `make repro` preloads), same machine.
 
 The allocator is chosen when a process starts, so each measurement is a child process: it
 trains the default MLP and conv VAE shapes for a fixed number of steps on random batches and
@@ -6,6 +6,7 @@ prints the median step time. Children with either allocator alternate, ``--round
 and the medians over rounds are compared.
 
     python bench/allocator.py                # 3 rounds of 60 steps per model and allocator
+    python bench/allocator.py /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import platform
 import statistics
 import subprocess
 import sys
-
-from vaepipe.runtime import fast_allocator
+from ctypes.util import find_library
 
 CHILD = r"""
 import json, statistics, sys, time, torch
-from vaepipe import runtime  # the stages' kernel settings
+from vaepipe.runtime import configure_kernels
+configure_kernels()  # the stages' kernel settings
 from vaepipe.models import build_model
 from vaepipe.objective import vae_loss
 steps = int(sys.argv[1])
@@ -60,8 +61,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("lib", nargs="?", help="the tcmalloc library (default: found by soname)")
     args = ap.parse_args(argv)
-    lib = fast_allocator()
+    lib = args.lib or find_library("tcmalloc_minimal") or find_library("tcmalloc")
     if lib is None:
         sys.exit("tcmalloc is not installed (Debian: apt-get install libtcmalloc-minimal4)")
     results = {"glibc": [], "tcmalloc": []}

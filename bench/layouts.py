@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vaepipe import runtime  # noqa: F401  (imported for its kernel settings)
+from vaepipe import runtime
 from vaepipe.classifier import Classifier
 from vaepipe.models import build_model
 from vaepipe.objective import vae_loss
@@ -69,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10, help="steps per block")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    runtime.configure_kernels()  # the stages' kernel settings
     device = torch.device(args.device)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, device {device}")

@@ -9,13 +9,6 @@ a beta to ``sweep.betas`` changes no other beta's stage.
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import sys
 import time
@@ -24,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaepipe import runtime
 from vaepipe.animation import render_gif
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_splits

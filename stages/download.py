@@ -7,18 +7,12 @@ then the official download. Exit codes: 0 done, 1 no source worked, 2 bad params
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import logging
 import sys
 from pathlib import Path
 
+from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.catalog import DataError
 from vaepipe.data.sources import fetch_raw
@@ -28,17 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run the stage; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="directory for the raw files")
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        params = load_params("params.yaml")
+        params = load_params(args.params)
     except ConfigError as exc:
-        print(f"params.yaml: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         source = fetch_raw(params.data.dataset, args.out, mirror=params.data.mirror)
     except DataError as exc:
-        print(f"download failed: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{params.data.dataset}: raw files in {args.out} (from {source})")
     return 0

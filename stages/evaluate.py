@@ -12,25 +12,22 @@ images) for the figures.
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from vaepipe import runtime
 from vaepipe.classifier import load_classifier
 from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
 from vaepipe.data.arrays import load_split
 from vaepipe.evaluation import (CHECKPOINTS, MODEL_KINDS, build_reference, evaluate_checkpoint,
                                 same_weights, summary_markdown, write_npz)
 from vaepipe.io import write_json, write_text
-from vaepipe.training import CheckpointError, DeviceError, load_checkpoint, resolve_device
+from vaepipe.training import (CheckpointError, DeviceError, device_name, load_checkpoint,
+                              resolve_device)
 
 
 def main(argv=None) -> int:
@@ -64,7 +61,6 @@ def main(argv=None) -> int:
     for kind, by_ckpt in models.items():
         done: dict = {}
         for name, (model, ckpt) in by_ckpt.items():
-            runtime.rebalance()  # the core share may have changed (another stage started/ended)
             # the same weights (best.pt is final.pt when the last epoch is best) see the same
             # seeded noise, so their numbers are equal: computed once
             twin = next((other for other in done if same_weights(by_ckpt[other][0], model)), None)
@@ -85,6 +81,7 @@ def main(argv=None) -> int:
                   f"{sum(result.details['seconds'].values()):.1f} s")
     metrics["reference"] = ref.numbers
     details["params"] = {"seed": seed, "evaluate": to_dict(cfg)}
+    details["device"], details["threads"] = device_name(device), torch.get_num_threads()
     details["total_seconds"] = time.perf_counter() - start
 
     clf = {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]}

@@ -9,17 +9,11 @@ arguments.
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import sys
 from pathlib import Path
 
+from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.catalog import DataError
 from vaepipe.data.split import write_split
@@ -33,20 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="directory for the splits")
     parser.add_argument("--metrics", required=True, type=Path,
                         help="JSON of the image counts per split (a DVC metric)")
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        params = load_params("params.yaml")
+        params = load_params(args.params)
     except ConfigError as exc:
-        print(f"params.yaml: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     data = params.data
     try:
         manifest = write_split(args.raw, args.out, data.dataset, data.val_fraction,
                                data.split_seed)
-    except (DataError, ValueError, OSError) as exc:
+    except (DataError, ValueError, FileNotFoundError) as exc:
         # DataFormatError names the bad file; ValueError: a split left empty by val_fraction;
-        # OSError: a missing raw file (run the download stage first)
-        print(f"split failed: {exc}", file=sys.stderr)
+        # FileNotFoundError: a missing raw file (run the download stage first)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     counts = manifest["counts"]
     write_json(args.metrics, {"images": counts})

@@ -9,17 +9,11 @@ are tabulated.
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import sys
 from pathlib import Path
 
+from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.catalog import get_spec
 from vaepipe.io import atomic_path, write_json, write_text

@@ -8,25 +8,19 @@ experiment on the VAEs reuses the cached classifier.
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import sys
 from pathlib import Path
 
 import torch
 
+from vaepipe import runtime
 from vaepipe.classifier import Classifier, accuracy, save_classifier, train_classifier
 from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import NUM_CLASSES
 from vaepipe.io import write_json
-from vaepipe.training import DeviceError, device_name, resolve_device
+from vaepipe.training import DeviceError, TrainingDiverged, device_name, resolve_device
 
 
 def main(argv=None) -> int:
@@ -55,7 +49,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:  # classifier.batch_size over the training set: before any step
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds = sum(h["seconds"] for h in history)
@@ -68,6 +62,7 @@ def main(argv=None) -> int:
         "images_per_second": cfg.epochs * len(train_x) / seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": device_name(device),
+        "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
     # no wall-clock seconds in the checkpoint: the same weights must give the same bytes (and

@@ -8,13 +8,6 @@
 """
 from __future__ import annotations
 
-# first: it sets the kernels' environment before anything loads PyTorch
-from vaepipe import runtime  # isort: skip
-
-if __name__ == "__main__":  # before the slow imports: a Ctrl-C in them is one line too
-    runtime.use_fast_allocator()  # re-executes this script under tcmalloc where installed
-    runtime.handle_signals()
-
 import argparse
 import csv
 import json
@@ -24,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split
 from vaepipe.data.catalog import DataFormatError, get_spec

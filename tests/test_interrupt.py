@@ -22,17 +22,20 @@ from PIL import Image
 TEMPORARY = re.compile(r"^\..+\.\d+\..+\.tmp$")  # vaepipe.io.atomic_path's names
 
 # stage -> (its script, its outputs, params that make it run long, params that make it rerun
-# briefly)
+# briefly, the file it finishes first: the kill comes after it, so it must be left whole; None
+# for the sweep, which writes everything at its end, so nothing may be left)
 LONG_STAGES = {
     "train-mlp": ("stages/train.py",
                   ["models/mlp", "reports/train/mlp_history.csv", "reports/train/mlp.json"],
-                  {"mlp": {"epochs": 400}}, {"mlp": {"epochs": 3}}),
-    "beta-sweep@0.1": ("stages/beta_sweep.py", ["models/sweep", "reports/sweep/beta_0.1"],
-                       {"sweep": {"epochs": 400}}, {"sweep": {"epochs": 2}}),
+                  {"mlp": {"epochs": 400}}, {"mlp": {"epochs": 3}}, "models/mlp/epoch_01.pt"),
+    "beta-sweep@0.1": ("stages/beta_sweep.py",
+                       ["models/sweep/beta_0.1.pt", "reports/sweep/beta_0.1"],
+                       {"sweep": {"epochs": 400}}, {"sweep": {"epochs": 2}}, None),
     "evaluate": ("stages/evaluate.py",
                  ["data/evaluate", "reports/evaluate.json", "reports/evaluate_details.json",
                   "reports/evaluation.md"],
-                 {"evaluate": {"samples": 20000}}, {"evaluate": {"samples": 120}}),
+                 {"evaluate": {"samples": 20000}}, {"evaluate": {"samples": 120}},
+                 "data/evaluate/mlp/epoch_01.npz"),
 }
 
 
@@ -61,8 +64,8 @@ def _check_whole(path: Path) -> None:
     elif suffix == ".csv":
         assert len(pd.read_csv(path)) > 0
     elif suffix == ".npz":
-        with np.load(path) as arrays:
-            assert all(arrays[name].size >= 0 for name in arrays.files)
+        with np.load(path) as arrays:  # reading every array checks each member's CRC
+            assert arrays.files and all(arrays[name].size > 0 for name in arrays.files)
     elif suffix in {".png", ".gif"}:
         with Image.open(path) as image:
             for frame in range(getattr(image, "n_frames", 1)):
@@ -82,35 +85,46 @@ def _start(project, *args: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _wait_for_stage(proc: subprocess.Popen, script: str, timeout: float = 120) -> None:
-    """Until the stage's python process has run for a second (and so is mid-way)."""
+def _wait_for_stage(proc: subprocess.Popen, script: str, first: Path | None,
+                    timeout: float = 120) -> None:
+    """Until the stage's python process has written ``first`` (or, without one, has run for
+    three seconds: past its imports, mid-way through its work)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0]
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
                 if script in " ".join(child.cmdline()):
-                    if time.time() - child.create_time() > 1.0:
+                    if first is not None and first.is_file():
+                        time.sleep(0.2)  # into the next piece of work
+                        return
+                    if first is None and time.time() - child.create_time() > 3.0:
                         return
             except psutil.NoSuchProcess:
                 pass
         time.sleep(0.05)
-    pytest.fail(f"{script} did not start within {timeout} s")
+    pytest.fail(f"{script} did not {'write ' + str(first) if first else 'start'} within "
+                f"{timeout} s")
 
 
+@pytest.mark.slow  # three stages killed and rerun through DVC
 def test_sigkill_mid_stage_leaves_only_whole_files_and_repro_completes(tiny_repro):
     project = tiny_repro
-    for stage, (script, outs, long_params, rerun_params) in LONG_STAGES.items():
+    for stage, (script, outs, long_params, rerun_params, first) in LONG_STAGES.items():
         _with(project, long_params)
         proc = _start(project, "repro", stage)
-        _wait_for_stage(proc, script)
+        _wait_for_stage(proc, script, project.root / first if first else None)
         os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage, no chance to clean up
         proc.wait(timeout=30)
 
-        for path in _files(project, outs):
-            if TEMPORARY.match(path.name):
-                continue  # atomic_path's temporary: no reader looks for it, the next write
-                # removes it
+        # atomic_path's temporaries aside (no reader looks for them, the next write removes
+        # them), what the stage had finished is left, whole; DVC removed the older outputs
+        left = [p for p in _files(project, outs) if not TEMPORARY.match(p.name)]
+        if first is None:
+            assert left == [], stage
+        else:
+            assert project.root / first in left, stage
+        for path in left:
             _check_whole(path)
 
         project.git("checkout", "--", "params.yaml")
@@ -129,7 +143,8 @@ def test_ctrl_c_stops_repro_with_one_line_and_no_traceback(tiny_repro):
     project = tiny_repro
     _with(project, {"mlp": {"epochs": 400}})
     proc = _start(project, "repro", "train-mlp")
-    _wait_for_stage(proc, "stages/train.py")
+    first = project.root / LONG_STAGES["train-mlp"][4]
+    _wait_for_stage(proc, "stages/train.py", first)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: dvc and the stage
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -137,6 +152,8 @@ def test_ctrl_c_stops_repro_with_one_line_and_no_traceback(tiny_repro):
     lines = [line for line in output.splitlines() if "interrupted" in line]
     assert "train: interrupted by SIGINT; files it had finished are kept, none is half-written" \
         in lines
-    for path in _files(project, LONG_STAGES["train-mlp"][1]):
+    left = _files(project, LONG_STAGES["train-mlp"][1])
+    assert first in left
+    for path in left:
         assert TEMPORARY.match(path.name) is None  # SIGINT runs the cleanup
         _check_whole(path)

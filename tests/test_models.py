@@ -1,7 +1,9 @@
 """Shapes of every model on every dataset's image shape, and the checkpoint round trip."""
 import pytest
 import torch
+from torch import nn
 
+from vaepipe.classifier import Classifier
 from vaepipe.models import MODELS, ConvVAE, MLPVAE, build_model, conv_output_sizes
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -70,3 +72,21 @@ def test_model_args_rebuild_identical_model(kind):
     model.eval(), clone.eval()
     z = torch.randn(4, model.latent_dim)
     assert torch.equal(model.decode(z), clone.decode(z))
+
+
+def test_conv_models_hold_channels_last_weights_and_load_either_layout():
+    vae = build_model("conv", image_shape=(1, 28, 28), latent_dim=4, channels=(8, 16))
+    clf = Classifier((1, 28, 28), 10, (8, 16), 32)
+    for model in (vae, clf):
+        convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                             for m in convs)
+    # a checkpoint written from contiguous weights loads into the channels-last model
+    state = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    again = build_model("conv", image_shape=(1, 28, 28), latent_dim=4, channels=(8, 16))
+    again.load_state_dict(state)
+    x = torch.rand(3, 1, 28, 28)
+    vae.eval()
+    again.eval()
+    assert torch.equal(vae(x, torch.Generator().manual_seed(0))[0],
+                       again(x, torch.Generator().manual_seed(0))[0])

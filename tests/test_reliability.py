@@ -1,12 +1,14 @@
 """Reliability: bad params and bad data stop the pipeline with one clear message and no damage.
 
-Bad params run through real DVC on copies (``tiny_repro``) of the one tiny project whose whole
-pipeline this session reproduced and committed (conftest ``_tiny_baseline``): each case writes
-one bad value into params.yaml, runs ``dvc repro`` and checks that the stage reading the key stopped before any work with one line naming
-the key and what is allowed, that nothing DVC did not start was touched, and that ``git
-checkout -- . && dvc checkout`` gives back every recorded file byte for byte. Bad data: raw
-files through the download stage, processed arrays through train-mlp, mismatched checkpoints
-through the evaluate stage, and CIFAR-10 archives whose members point outside the target.
+Bad params, one case of each kind of failure, run through real DVC on copies (``tiny_repro``)
+of the one tiny project whose whole pipeline this session reproduced and committed (conftest
+``_tiny_baseline``): each case writes one bad value into params.yaml, runs ``dvc repro`` and
+checks that the stage reading the key stopped before any work with one line naming the key and
+what is allowed, that nothing DVC did not start was touched, and that ``git checkout -- . &&
+dvc checkout`` gives back every recorded file byte for byte. The schema's other refusals go
+through ``load_params``, the function each stage calls first. Bad data: raw files through the
+download stage, processed arrays through train-mlp, mismatched checkpoints through the
+evaluate stage, and CIFAR-10 archives whose members point outside the target.
 
 Already covered elsewhere, and not repeated here: load_checkpoint refusing a wrong kind, wrong
 shapes, an unknown format or pickled code (test_training.py); fetch_raw rejecting a truncated
@@ -40,6 +42,7 @@ import yaml
 import fakedata
 from conftest import load_stage
 from tiny import ALL_STAGES
+from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split, load_splits, save_arrays
 from vaepipe.data.catalog import CIFAR_DIR, DataFormatError, DataSourceError
 from vaepipe.data.sources import fetch_raw
@@ -52,8 +55,6 @@ RUNNING = re.compile(r"^Running stage '([^']+)':$", re.M)
 PROGRESS = re.compile(r"\bepoch\s*\d")
 # the lines DVC itself writes to stdout around a stage
 DVC_STDOUT = re.compile(r"^(Stage '[^']+' didn't change, skipping|Running stage '[^']+':|> .*|)$")
-# download and split print params errors as "params.yaml: <message>", the others "error: ..."
-PREFIX = {"download": "params.yaml: ", "split": "params.yaml: "}
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -125,18 +126,37 @@ def case(id_: str, key: str, value: Any, stage: str, message: str, gap: str = ""
 NO_CHECK = ("no stage declares this key as a param, so `dvc repro` runs nothing and exits 0; "
             "the typo is never reported (dvc.yaml lists keys one by one, e.g. sweep.*)")
 
-PARAM_CASES = [
-    case("beta-negative", "beta", -0.5, "train-mlp", "beta must be >= 0, got -0.5", slow=True),
+# Through `dvc repro`: one case of each kind of failure (a value params.yaml's schema refuses,
+# one that only the data can rule out, a device this machine lacks), the other data-dependent
+# ones (slow) and the known gaps.
+DVC_CASES = [
     case("beta-nan", "beta", math.nan, "train-mlp", "beta must be a finite number, got nan"),
-    case("beta-text", "beta", "one", "train-mlp", "beta must be a number, got 'one'"),
-    case("seed-negative", "seed", -1, "train-mlp", "seed must be >= 0, got -1", slow=True),
+    case("mlp-batch-size-over-data", "mlp.batch_size", 1000, "train-mlp",
+         "mlp.batch_size must be <= 180 (the training images), got 1000"),
     case("device-cuda", "device", "cuda", "train-mlp",
          "device 'cuda' was requested (params.yaml: device) but is not available on this "
          "machine; available: cpu", skip=(torch.cuda.is_available(), "CUDA is present here")),
+    case("sweep-batch-size-over-data", "sweep.batch_size", 1000, "beta-sweep@0.1",
+         "sweep.batch_size must be <= 52 (the training images), got 1000", slow=True),  # of 0, 1, 7
+    case("classifier-batch-size-over-data", "classifier.batch_size", 1000, "train-classifier",
+         "classifier.batch_size must be <= 180 (the training images), got 1000", slow=True),
+    # known gaps (strict xfail): see the reason
+    case("top-level-key-misspelt", "bta", 0.5, "train-mlp",
+         "unknown key bta; allowed keys in params.yaml", gap=NO_CHECK),
+    case("sweep-key-misspelt", "sweep.gif_frame", 5, "beta-sweep@0.1",
+         "unknown key sweep.gif_frame; allowed keys in sweep", gap=NO_CHECK),
+]
+
+# The schema's other refusals, through load_params: the function every stage calls first, so
+# the stage's one line is "error: " and this message (as the DVC cases above show).
+SCHEMA_CASES = [
+    case("beta-negative", "beta", -0.5, "train-mlp", "beta must be >= 0, got -0.5"),
+    case("beta-text", "beta", "one", "train-mlp", "beta must be a number, got 'one'"),
+    case("seed-negative", "seed", -1, "train-mlp", "seed must be >= 0, got -1"),
     case("data-val-fraction-1.5", "data.val_fraction", 1.5, "split",
          "data.val_fraction must be > 0 and < 1, got 1.5"),
     case("data-val-fraction-0", "data.val_fraction", 0, "split",
-         "data.val_fraction must be > 0 and < 1, got 0.0", slow=True),
+         "data.val_fraction must be > 0 and < 1, got 0.0"),
     case("data-dataset-unknown", "data.dataset", "svhn", "download",
          "data.dataset must be one of fashion-mnist, mnist, cifar10; got 'svhn'"),
     case("mlp-latent-dim-0", "mlp.latent_dim", 0, "train-mlp",
@@ -150,38 +170,27 @@ PARAM_CASES = [
     case("conv-batch-size-0", "conv.batch_size", 0, "train-conv",
          "conv.batch_size must be >= 1, got 0"),
     case("conv-lr-negative", "conv.lr", -0.001, "train-conv",
-         "conv.lr must be > 0 and <= 1, got -0.001", slow=True),
+         "conv.lr must be > 0 and <= 1, got -0.001"),
     case("conv-latent-dim-0", "conv.latent_dim", 0, "train-conv",
-         "conv.latent_dim must be >= 1, got 0", slow=True),
+         "conv.latent_dim must be >= 1, got 0"),
     case("sweep-betas-empty", "sweep.betas", [], "sweep-table",
          "sweep.betas must list at least 1 value(s), got []"),
     case("sweep-betas-repeated", "sweep.betas", [0.1, 0.1], "sweep-table",
-         "sweep.betas must not repeat a value, got [0.1, 0.1]", slow=True),
+         "sweep.betas must not repeat a value, got [0.1, 0.1]"),
     case("sweep-class-10", "sweep.classes", [0, 1, 10], "beta-sweep@0.1",
          "sweep.classes[2] must be >= 0 and <= 9, got 10"),
     case("sweep-epochs-0", "sweep.epochs", 0, "beta-sweep@0.1",
-         "sweep.epochs must be >= 1, got 0", slow=True),
+         "sweep.epochs must be >= 1, got 0"),
     case("classifier-features-float", "classifier.features", 8.5, "train-classifier",
          "classifier.features must be an integer, got 8.5"),
-    case("mlp-batch-size-over-data", "mlp.batch_size", 1000, "train-mlp",
-         "mlp.batch_size must be <= 180 (the training images), got 1000"),
-    case("sweep-batch-size-over-data", "sweep.batch_size", 1000, "beta-sweep@0.1",
-         "sweep.batch_size must be <= 52 (the training images), got 1000", slow=True),  # of 0, 1, 7
-    case("classifier-batch-size-over-data", "classifier.batch_size", 1000, "train-classifier",
-         "classifier.batch_size must be <= 180 (the training images), got 1000", slow=True),
     case("evaluate-samples-text", "evaluate.samples", "many", "evaluate",
          "evaluate.samples must be an integer, got 'many'"),
     case("evaluate-iwae-batch-float", "evaluate.iwae_batch", 2.5, "evaluate",
-         "evaluate.iwae_batch must be an integer, got 2.5", slow=True),
+         "evaluate.iwae_batch must be an integer, got 2.5"),
     case("visualize-tsne-iterations-100", "visualize.tsne_iterations", 100, "visualize",
          "visualize.tsne_iterations must be >= 250, got 100"),
     case("visualize-span-text", "visualize.traversal_span", "wide", "visualize",
-         "visualize.traversal_span must be a number, got 'wide'", slow=True),
-    # known gaps (strict xfail): see the reason
-    case("top-level-key-misspelt", "bta", 0.5, "train-mlp",
-         "unknown key bta; allowed keys in params.yaml", gap=NO_CHECK),
-    case("sweep-key-misspelt", "sweep.gif_frame", 5, "beta-sweep@0.1",
-         "unknown key sweep.gif_frame; allowed keys in sweep", gap=NO_CHECK),
+         "visualize.traversal_span must be a number, got 'wide'"),
 ]
 
 
@@ -195,7 +204,24 @@ def with_value(params: dict, key: str, value: Any) -> dict:
     return bad
 
 
-@pytest.mark.parametrize("bad", PARAM_CASES)
+@pytest.mark.parametrize("bad", SCHEMA_CASES)
+def test_bad_param_is_refused_by_load_params_naming_the_key(tmp_path, bad):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(with_value(params, bad.key, bad.value), sort_keys=False))
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    message = str(error.value)
+    assert message.startswith(bad.message) and "\n" not in message
+    assert bad.key in message
+    # and the stage that reports it declares the key, so `dvc repro` runs that stage
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][
+        bad.stage.split("@")[0]]
+    declared = [p for p in stage["params"] if isinstance(p, str)]
+    assert any(bad.key == p or bad.key.startswith(p + ".") for p in declared), declared
+
+
+@pytest.mark.parametrize("bad", DVC_CASES)
 def test_bad_param_stops_its_stage_with_one_line_and_touches_nothing(tiny_repro, recorded,
                                                                     bad):
     project = tiny_repro
@@ -213,8 +239,7 @@ def test_bad_param_stops_its_stage_with_one_line_and_touches_nothing(tiny_repro,
     # ... with one line of its own, naming the key and what is allowed, before any work
     lines = stage_lines(proc.stderr)
     assert len(lines) == 1, both
-    prefix = PREFIX.get(bad.stage, "error: ")
-    assert lines[0].startswith(prefix + bad.message), both
+    assert lines[0].startswith("error: " + bad.message), both
     assert bad.key in lines[0]
     assert "Traceback" not in both
     assert not PROGRESS.search(both), both
@@ -282,7 +307,7 @@ def test_download_stage_names_a_truncated_and_an_altered_raw_file(offline_repro,
         assert proc.returncode != 0, both
         assert RUNNING.findall(proc.stdout) == ["download"], both
         assert "Traceback" not in both
-        assert "download failed: could not get verified fashion-mnist raw files" in proc.stderr
+        assert "error: could not get verified fashion-mnist raw files" in proc.stderr
         # DVC removed the old raw files before running the stage (fetch_raw would have kept
         # them), and the stage put nothing in their place; split was not run
         assert not raw.exists()
@@ -316,12 +341,15 @@ BAD_ARRAYS = [
                  "got (180, 1, 14, 14)", id="images-14x14"),
     pytest.param(lambda x, y: (x[:, 0].copy(), y),
                  "'images' must be uint8 (N, C, H, W), got uint8 (180, 28, 28)",
-                 id="images-without-channel-axis"),
+                 id="images-without-channel-axis",
+                 marks=pytest.mark.slow),
     pytest.param(lambda x, y: (x.astype(np.float32), y),
                  "'images' must be uint8 (N, C, H, W), got float32 (180, 1, 28, 28)",
-                 id="images-float32"),
+                 id="images-float32",
+                 marks=pytest.mark.slow),
     pytest.param(lambda x, y: (x, y.astype(np.int32)),
-                 "'labels' must be int64 (180,), got int32 (180,)", id="labels-int32"),
+                 "'labels' must be int64 (180,), got int32 (180,)", id="labels-int32",
+                 marks=pytest.mark.slow),
     pytest.param(lambda x, y: (x[:0], y[:0]), "holds no images", id="no-images"),
 ]
 

@@ -12,10 +12,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 # Not deps on purpose: params are declared per key (config.py only parses them), and io.py only
 # writes files atomically; neither changes a number, and as deps an edit to a message or to
-# the write helper would rerun every stage. runtime.py sets threads, signals and the kernels'
-# environment: the thread count changes no bit (tests/test_runtime.py trains with 1 and 2
-# threads and compares the weights), and strict kernels are an environment switch that the
-# README says to pair with `dvc repro -f`. Package __init__ files hold only docstrings.
+# the write helper would rerun every stage. runtime.py sets up the process (signals, the
+# kernels' environment, the thread count): the thread count does change the conv models' last
+# bits, but what decides it is the machine and the moment (cores, the stages running then,
+# VAEPIPE_THREADS), which DVC cannot track any more than the CPU kind; each stage records its
+# count in its metrics, and the README says what differs. Strict kernels are an environment
+# switch that the README says to pair with `dvc repro -f`. Package __init__ files hold only
+# docstrings.
 NOT_DEPS = {"vaepipe/config.py", "vaepipe/io.py", "vaepipe/runtime.py", "vaepipe/__init__.py",
             "vaepipe/data/__init__.py"}
 

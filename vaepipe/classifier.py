@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaepipe import runtime
 from vaepipe.config import check_batch_size
 from vaepipe.io import atomic_path
-from vaepipe.layers import BatchNorm2d
-from vaepipe.training import CheckpointError, read_checkpoint, to_unit_float
+from vaepipe.training import CheckpointError, TrainingDiverged, read_checkpoint, to_unit_float
 
 CLASSIFIER_FORMAT = 1
 EVAL_BATCH = 500  # inference batch: 1.35x faster than 1000 on a 2-core CPU (cache-sized)
@@ -42,7 +40,7 @@ class Classifier(nn.Module):
         c, h, w = image_shape
         layers: list[nn.Module] = []
         for out in channels:
-            layers += [nn.Conv2d(c, out, 3, padding=1), BatchNorm2d(out), nn.ReLU(),
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(),
                        nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2  # floor, as MaxPool2d does: 28 -> 14 -> 7
         if h < 1 or w < 1:
@@ -90,7 +88,8 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     Returns one row per epoch (train loss and accuracy, seconds); no per-epoch validation,
     which would cost a tenth of the training time and choose nothing (the last epoch is
     kept). Seeded: the same arguments give the same weights on the CPU. A ``batch_size``
-    larger than the training set raises :class:`vaepipe.config.ConfigError` before any work.
+    larger than the training set raises :class:`vaepipe.config.ConfigError` before any work;
+    a non-finite loss raises :class:`vaepipe.training.TrainingDiverged`.
     """
     n = len(train_images)
     check_batch_size("classifier.batch_size", batch_size, n)
@@ -117,14 +116,14 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
             loss.backward()
             opt.step()
             sched.step()
-            runtime.rebalance()
             stats += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()]).double()
         seconds = time.perf_counter() - start
         loss_sum, correct = stats.tolist()
         row = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                "seconds": seconds}
         if not math.isfinite(row["train_loss"]):
-            raise RuntimeError(f"classifier: non-finite loss at epoch {epoch}; lower classifier.lr")
+            raise TrainingDiverged(f"classifier: non-finite loss at epoch {epoch}; lower "
+                                   f"classifier.lr")
         history.append(row)
         if log is not None:
             log(f"classifier epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}, train "

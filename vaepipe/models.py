@@ -11,7 +11,6 @@ import math
 import torch
 from torch import nn
 
-from vaepipe.layers import BatchNorm2d
 
 
 class VAE(nn.Module):
@@ -129,7 +128,7 @@ class ConvVAE(VAE):
         enc: list[nn.Module] = []
         prev = c_in
         for c in channels:
-            enc += [nn.Conv2d(prev, c, 3, stride=2, padding=1), BatchNorm2d(c),
+            enc += [nn.Conv2d(prev, c, 3, stride=2, padding=1), nn.BatchNorm2d(c),
                     nn.ReLU(inplace=True)]
             prev = c
         enc.append(nn.Flatten())
@@ -146,7 +145,7 @@ class ConvVAE(VAE):
             dec.append(nn.ConvTranspose2d(prev, c_out, 3, stride=2, padding=1,
                                           output_padding=pad))
             if i < len(outs) - 1:  # the last layer emits logits: no norm, no activation
-                dec += [BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                dec += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             prev = c_out
         self.decoder = nn.Sequential(*dec)
         # Channels-last weights make oneDNN run every convolution on NHWC activations with no

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vaepipe import runtime
 from vaepipe.config import TrainConfig
 from vaepipe.io import atomic_path
 from vaepipe.models import VAE, build_model
@@ -228,7 +227,6 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
             opt.step()
             stats[b] = torch.stack(terms).detach()
             bar.update(len(x))
-            runtime.rebalance()  # a stage's share of the cores, re-read once a second
             if on_batch is not None:
                 on_batch(epoch, b + 1, model)
         bar.close()
@@ -296,6 +294,7 @@ def summarize(result: FitResult, device: torch.device, model: VAE) -> dict:
         "images_per_second": float(np.mean([h["images_per_second"] for h in result.history])),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": device_name(device),
+        "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
 
