@@ -4,6 +4,8 @@ import json
 import re
 import time
 
+import pytest
+
 from vaepipe.config import ConfigError, parse_params
 
 
@@ -40,6 +42,7 @@ def _metric(shown: list, name: str, path: str, key: str):
     raise KeyError(name)
 
 
+@pytest.mark.slow  # three queued experiments, about a minute and a half
 def test_two_workers_run_two_experiments_and_a_bad_one_fails_alone(tiny_repro):
     project = tiny_repro
     bad = project.params()

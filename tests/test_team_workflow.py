@@ -27,6 +27,7 @@ import yaml
 
 from conftest import REPO_ROOT, DvcProject, build_project, copy_project
 from tiny import ALL_STAGES, TINY_PIPELINE as TINY
+from vaepipe.training import load_checkpoint
 
 EXP = "beta-0.5"
 UP_TO_DATE = "Data and pipelines are up to date."
@@ -89,6 +90,8 @@ class Team:
     baseline_metrics: dict[str, dict]
     baseline_copy: Path      # holds a copy of A's models/ at the baseline
     experiment: Snapshot     # A after `dvc exp run -S beta=0.5`, pushed with `dvc exp push`
+    metrics_diff: dict       # `dvc metrics diff --json` right after the experiment
+    exp_show: list           # `dvc exp show --json` then
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +117,17 @@ def team(_tiny_baseline, tmp_path_factory) -> Team:
     assert re.search(r"^\d+ files pushed$", a.dvc("push").stdout, re.M)
 
     exp = a.dvc("exp", "run", "-S", "beta=0.5", "-n", EXP)
+    # exactly the stages that read beta, and those downstream of them
     assert ran(exp.stdout) == {"train-mlp", "train-conv", "evaluate", "visualize"}
     experiment = Snapshot.of(a.root)
+    metrics_diff = json.loads(a.dvc("metrics", "diff", "--json").stdout)
+    exp_show = json.loads(a.dvc("exp", "show", "--json").stdout)
     pushed = a.dvc("exp", "push", "origin", EXP).stdout
     assert f"Pushed experiment {EXP} to Git remote 'origin'." in pushed
     # the experiment's new checkpoints, arrays and report went to the DVC remote with it
     assert re.search(r"^\d+ files uploaded$", pushed, re.M), pushed
-    return Team(a, server, storage, baseline, baseline_metrics, baseline_copy, experiment)
+    return Team(a, server, storage, baseline, baseline_metrics, baseline_copy, experiment,
+                metrics_diff, exp_show)
 
 
 def clone(team: Team, name: str) -> DvcProject:
@@ -144,6 +151,24 @@ def test_the_experiment_changes_the_models_so_the_comparisons_below_can_fail(tea
     # stages that do not read beta kept their outputs
     assert not changed & {"data/raw/fashion-mnist", "models/classifier.pt",
                           "models/sweep/beta_0.1.pt", "reports/sweep.json"}
+
+
+def test_the_experiment_records_its_beta_and_dvc_shows_what_it_changed(team):
+    _, ckpt = load_checkpoint(team.a.root / "models/conv/final.pt")
+    assert ckpt["params"]["beta"] == 0.5
+    diff = team.metrics_diff
+    assert "best_val_loss" in diff["reports/train/conv.json"]
+    changed = {k for k in diff.get("reports/evaluate.json", {}) if k.endswith(".nelbo")}
+    assert {"mlp.best.nelbo", "conv.final.nelbo"} <= changed
+    # `dvc exp show`: the baseline commit at beta 1, its experiment EXP at beta 0.5
+    betas = {}
+    for row in team.exp_show:
+        for exp in row.get("experiments") or ():
+            for rev in exp["revs"]:
+                betas[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]["beta"]
+        if row.get("name") == "main":
+            betas["main"] = row["data"]["params"]["params.yaml"]["data"]["beta"]
+    assert betas == {"main": 1.0, EXP: 0.5}
 
 
 def test_a_second_machine_pulls_the_baseline_then_the_experiment(team):
@@ -229,6 +254,7 @@ def fresh(tmp_path_factory, team) -> DvcProject:
     return c
 
 
+@pytest.mark.slow  # a second whole pipeline
 def test_a_fresh_project_gives_the_same_metrics_timings_aside(team, fresh):
     ours, theirs = team.baseline_metrics, metrics_files(fresh)
     assert set(ours) == set(theirs)
@@ -247,6 +273,7 @@ def untimed(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if key not in TIMING_KEYS}
 
 
+@pytest.mark.slow  # a second whole pipeline
 def test_a_fresh_project_trains_bit_identical_weights(team, fresh):
     checkpoints = sorted(p for p in team.baseline.files if p.startswith("models/"))
     assert len(checkpoints) == 9             # mlp and conv x 3, classifier, 2 sweep betas
@@ -260,6 +287,7 @@ def test_a_fresh_project_trains_bit_identical_weights(team, fresh):
             assert torch.equal(tensor, theirs["state_dict"][key]), f"{rel}: {key}"
 
 
+@pytest.mark.slow  # a second whole pipeline
 def test_a_fresh_project_writes_the_same_checkpoint_bytes_and_dvc_hashes(team, fresh):
     """Its own mirror directory too: a checkpoint records no timing and no data.mirror."""
     assert fresh.params()["data"]["mirror"] != team.a.params()["data"]["mirror"]

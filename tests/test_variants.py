@@ -67,6 +67,7 @@ def test_seed_001_mnist_mlp(dvc_project):
     assert [float(r["lr"]) for r in rows] == [0.001]
 
 
+@pytest.mark.slow
 def test_seed_003_cifar10_conv(dvc_project):
     project, _, conv = run_variant(dvc_project, "seed 003", "cifar10")
     assert conv["model_args"] == {"image_shape": [3, 32, 32], "latent_dim": 128,
