@@ -15,7 +15,6 @@ test NELBO is computed afterwards for both by the same function with the same no
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -3,7 +3,6 @@ import csv
 import math
 
 import pytest
-import torch
 import yaml
 
 from vaepipe.animation import read_gif_record
