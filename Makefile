@@ -17,7 +17,8 @@ env: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	# setuptools >= 77 reads pyproject.toml's SPDX license string (the editable install below)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	# the library itself, editable: stages, tests and benchmarks import vaepipe from this checkout
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -42,7 +43,7 @@ test-all: test-env
 # the whole pipeline in a temporary clone (`dvc repro -f`), per stage, against the reference
 bench: test-env
 	$(RUN) dvc repro download
-	$(FAST) python bench/pipeline.py
+	$(RUN) python bench/pipeline.py $(if $(TCMALLOC),--preload $(TCMALLOC))
 
 bench-train: test-env
 	$(RUN) dvc repro split

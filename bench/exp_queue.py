@@ -1,8 +1,8 @@
 """Two experiments one after the other against the same two in `dvc queue start -j 2`.
 
-    python bench/exp_queue.py                 # 2-epoch train-conv at beta 0.5 and 2.0
-    python bench/exp_queue.py --unshared         # also -j 2 with VAEPIPE_THREADS=<all cores> each,
-                                             # the behaviour before stages shared the cores
+    python bench/exp_queue.py                 # 2-epoch train-conv at beta 0.5 and 2.0: in
+                                              # sequence, queued, queued with VAEPIPE_THREADS=1
+    python bench/exp_queue.py --unshared      # also -j 2 with VAEPIPE_THREADS=<all cores> each
 
 Runs in a temporary clone of HEAD that uses this checkout's DVC cache (so the clone's
 `dvc checkout` restores every output and only `train-conv` reruns) and ``data/raw``.
@@ -25,6 +25,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from pipeline import cpu_model, has_avx512  # noqa: E402
 
 EXPERIMENTS = (("beta=0.5", "q-beta-05"), ("beta=2.0", "q-beta-2"))
+# -f -s: train-conv itself always runs. Without it DVC's run-cache, shared through this
+# checkout's cache, restores the queued experiments' outputs from the identical sequential
+# ones (or an earlier benchmark), and the queue's time measures only DVC's own work.
+FORCED = ("-f", "-s")
 
 
 def dvc(project: Path, *args: str, env: dict | None = None) -> str:
@@ -49,8 +53,8 @@ def clone(tmp: Path) -> Path:
 def sequential(project: Path, env: dict, epochs: int) -> float:
     start = time.monotonic()
     for setting, _ in EXPERIMENTS:
-        dvc(project, "exp", "run", "-S", setting, "-S", f"conv.epochs={epochs}", "train-conv",
-            env=env)
+        dvc(project, "exp", "run", *FORCED, "-S", setting, "-S", f"conv.epochs={epochs}",
+            "train-conv", env=env)
     return time.monotonic() - start
 
 
@@ -58,8 +62,8 @@ def queued(project: Path, env: dict, epochs: int, tag: str) -> float:
     names = []
     for setting, name in EXPERIMENTS:
         names.append(f"{name}-{tag}")
-        dvc(project, "exp", "run", "--queue", "-S", setting, "-S", f"conv.epochs={epochs}",
-            "-n", names[-1], "train-conv", env=env)
+        dvc(project, "exp", "run", "--queue", *FORCED, "-S", setting, "-S",
+            f"conv.epochs={epochs}", "-n", names[-1], "train-conv", env=env)
     start = time.monotonic()
     dvc(project, "queue", "start", "-j", "2", env=env)
     while True:
@@ -72,6 +76,19 @@ def queued(project: Path, env: dict, epochs: int, tag: str) -> float:
     if "Failed" in status:
         raise SystemExit(status)
     return seconds
+
+
+def threads_taken(project: Path, names: list[str], env: dict) -> dict[str, int]:
+    """The thread count each named experiment's train-conv took (its metrics' ``threads``)."""
+    import json
+    taken = {}
+    for row in json.loads(dvc(project, "exp", "show", "--json", env=env)):
+        for exp in row.get("experiments") or ():
+            for rev in exp["revs"]:
+                if rev["name"] in names:
+                    metrics = rev["data"]["metrics"]["reports/train/conv.json"]["data"]
+                    taken[rev["name"]] = metrics.get("threads")  # None: not recorded
+    return taken
 
 
 def main(argv=None) -> int:
@@ -91,7 +108,11 @@ def main(argv=None) -> int:
         seq = sequential(project, env, args.epochs)
         print(f"one after the other (dvc exp run x 2): {seq:.0f} s", flush=True)
         par = queued(project, env, args.epochs, "shared")
-        print(f"dvc queue start -j 2, cores shared:     {par:.0f} s ({seq / par:.2f}x)",
+        taken = threads_taken(project, [f"{name}-shared" for _, name in EXPERIMENTS], env)
+        print(f"dvc queue start -j 2, cores shared:     {par:.0f} s ({seq / par:.2f}x); "
+              f"threads taken: {taken}", flush=True)
+        one = queued(project, {**env, "VAEPIPE_THREADS": "1"}, args.epochs, "one")
+        print(f"dvc queue start -j 2, VAEPIPE_THREADS=1:  {one:.0f} s ({seq / one:.2f}x)",
               flush=True)
         if args.unshared:
             unshared = queued(project, {**env, "VAEPIPE_THREADS": str(cores)}, args.epochs,

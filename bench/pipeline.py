@@ -4,6 +4,10 @@ seeds' reference training recipe measured in the same run, on the same machine.
     python bench/pipeline.py                  # `dvc repro -f` in a temporary clone of HEAD
     python bench/pipeline.py --workspace      # `dvc repro` here (what is stale), e.g. the real run
     python bench/pipeline.py --json out.json  # also write the table as JSON
+    python bench/pipeline.py --preload /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+
+``--preload`` gives the pipeline's processes that allocator (what `make repro` and `make bench`
+do where tcmalloc is installed); the reference below always runs with the default one.
 
 The temporary clone gets this checkout's ``data/raw`` (so `download` copies local files and
 never needs the internet) and its own DVC cache. Per stage: the wall time from DVC's
@@ -117,10 +121,13 @@ class StageClock:
                 stage["peak_rss_mb"] = max(stage["peak_rss_mb"], rss / 2**20)
 
 
-def run_pipeline(project: Path, force: bool) -> tuple[dict[str, dict], float]:
+def run_pipeline(project: Path, force: bool,
+                 preload: str | None) -> tuple[dict[str, dict], float]:
     cmd = [str(Path(sys.executable).parent / "dvc"), "repro"] + (["-f"] if force else [])
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                                   os.environ.get("PATH", "")])}
+    if preload:
+        env["LD_PRELOAD"] = preload
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     clock = StageClock(proc)
@@ -195,11 +202,12 @@ def main(argv=None) -> int:
                     help="run `dvc repro` (not -f) in this checkout instead of a clone")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference epochs")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--preload", help="a library to LD_PRELOAD into the pipeline's processes")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="vaepipe-bench-") as tmp:
         project = ROOT if args.workspace else temporary_clone(Path(tmp))
-        stages, total = run_pipeline(project, force=not args.workspace)
+        stages, total = run_pipeline(project, force=not args.workspace, preload=args.preload)
         params = load_params(project / "params.yaml")
         device = resolve_device(params.device)
         ref = {} if args.no_reference else reference_epochs(project, device)
@@ -218,6 +226,7 @@ def main(argv=None) -> int:
                    f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
         "device": device_name(device), "torch": torch.__version__,
         "command": "dvc repro" + ("" if args.workspace else " -f (temporary clone)"),
+        "preload": args.preload,
         "stages": stages, "total_seconds": total,
         "reference_seconds_per_epoch": ref, "reference_training_estimate_seconds": estimate,
         "ratio_to_reference": total / estimate if estimate else None,
