@@ -167,6 +167,10 @@ def test_train_classifier_checks_params_and_data(tmp_path, tiny_split, capsys):
 
 
 def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
+    # the test split: the validation images (one of each class) with labels 0, 0, 1, 1, 1, 2 x 5,
+    # so even a classifier that predicts one class scores differently on the two splits
+    val_x, _ = load_split(tiny_split, "val")
+    save_arrays(tiny_split / "test.npz", val_x, np.repeat(np.arange(3), [2, 3, 5]))
     (tmp_path / "params.yaml").write_text(
         "device: cpu\nclassifier:\n  channels: [4]\n  features: 8\n  epochs: 2\n"
         "  batch_size: 32\n")  # at most the 40 training images
@@ -177,7 +181,11 @@ def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
     metrics = json.loads((tmp_path / "c.json").read_text())
     assert metrics["epochs"] == 2 and metrics["device"].startswith("cpu")
     assert metrics["train_seconds"] > 0
-    assert metrics["test_accuracy"] == recomputed_accuracy(tmp_path / "c.pt", tiny_split, "test")
+    accuracies = {split: recomputed_accuracy(tmp_path / "c.pt", tiny_split, split)
+                  for split in ("test", "val")}
+    assert accuracies["test"] != accuracies["val"]  # the check below can tell them apart
+    assert metrics["test_accuracy"] == accuracies["test"]
+    assert metrics["val_accuracy"] == accuracies["val"]
     from vaepipe.classifier import load_classifier
     model, ckpt = load_classifier(tmp_path / "c.pt")
     assert ckpt["params"]["classifier"]["features"] == 8 and len(ckpt["history"]) == 2
