@@ -82,17 +82,13 @@ def running_stages() -> int:
     """Hold a free slot (once per process) and count the slots held, this one included."""
     folder = slots_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    for i in range(MAX_SLOTS if not _held else 0):
+        fd = _try_lock(folder / f"slot-{i:02d}")
+        if fd is not None:
+            _held.append(fd)
+            break
     held = 0
-    for i in range(MAX_SLOTS):
-        path = folder / f"slot-{i:02d}"
-        if not _held:
-            fd = _try_lock(path)
-            if fd is not None:
-                _held.append(fd)
-            held += 1
-            continue
-        if not path.exists():
-            continue
+    for path in folder.glob("slot-*"):
         # a second open file of our own slot conflicts with our lock too: counted as held
         fd = _try_lock(path)
         if fd is None:
