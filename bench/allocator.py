@@ -23,8 +23,8 @@ CHILD = r"""
 import json, statistics, sys, time, torch
 from vaepipe.runtime import configure_kernels
 configure_kernels()  # the stages' kernel settings
-from vaepipe.models import build_model
-from vaepipe.objective import vae_loss
+from vaepipe.models.vae import build_model
+from vaepipe.train.objective import vae_loss
 steps = int(sys.argv[1])
 out = {}
 for kind, args in (("mlp", {"latent_dim": 32, "hidden": (512, 256)}),

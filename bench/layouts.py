@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from vaepipe import runtime
-from vaepipe.classifier import Classifier
-from vaepipe.models import build_model
-from vaepipe.objective import vae_loss
+from vaepipe.evaluate.classifier import Classifier
+from vaepipe.models.vae import build_model
+from vaepipe.train.objective import vae_loss
 
 CASES = {  # name: (model factory, batch size), the default params' shapes
     "conv VAE (train-conv)": (lambda: build_model("conv", image_shape=(1, 28, 28),

@@ -19,7 +19,7 @@ Adam), one epoch of the default MLP and conv models, run after the pipeline. Its
 seconds times the epochs the pipeline trains (train-mlp, train-conv, and each beta of the
 sweep, scaled by the sweep's share of the training images) estimate what the seeds' recipe
 would spend on training alone; the pipeline's total over that estimate is the figure to keep
-<= 0.5 (issue 12).
+<= 0.5.
 """
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ from train_throughput import reference_train  # noqa: E402  (bench/ is not a pac
 
 from vaepipe.config import load_params  # noqa: E402
 from vaepipe.data.arrays import load_split  # noqa: E402
-from vaepipe.models import build_model, model_args  # noqa: E402
-from vaepipe.sweep import select_classes  # noqa: E402
-from vaepipe.training import device_name, resolve_device  # noqa: E402
+from vaepipe.models.vae import build_model, model_args# noqa: E402
+from vaepipe.sweep.study import select_classes# noqa: E402
+from vaepipe.train.device import device_name, resolve_device# noqa: E402
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 

@@ -2,8 +2,8 @@
 
 Reference (seeds 000 / 002): ``torchvision.datasets.FashionMNIST`` + ``transforms.ToTensor()``
 + ``DataLoader(batch_size=128, shuffle=True)``, a per-batch ``.to(device)``, ``torch.optim.Adam``
-with its default implementation and ``.item()`` on every batch's terms. Ours: ``vaepipe.training.fit``
-(uint8 tensors on the device, seeded in-place shuffling, fused Adam). Same model classes, same
+with its default implementation and ``.item()`` on every batch's terms. Ours:
+``vaepipe.train.loop.fit`` (uint8 tensors on the device, seeded in-place shuffling, fused Adam). Same model classes, same
 objective, same KL weights, same learning rate, batch 128, same initial weights.
 
 Both read the same raw files (``data/raw/fashion-mnist``, written by ``dvc repro download``);
@@ -24,10 +24,10 @@ import torch
 from vaepipe.config import load_params
 from vaepipe.data.arrays import load_split
 from vaepipe.data.catalog import get_spec
-from vaepipe.models import build_model, model_args
-from vaepipe.objective import vae_loss
-from vaepipe.training import (device_name, evaluate_elbo, fit, resolve_device,
-                              scheduled_kl_weight)
+from vaepipe.models.vae import build_model, model_args
+from vaepipe.train.objective import vae_loss
+from vaepipe.train.device import device_name, resolve_device
+from vaepipe.train.loop import evaluate_elbo, fit, scheduled_kl_weight
 
 def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
     """The seeds' loop, as written there: DataLoader over a torchvision dataset."""

@@ -18,16 +18,17 @@ import numpy as np
 import torch
 
 from vaepipe import runtime
-from vaepipe.animation import render_gif
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import get_spec
+from vaepipe.figures.animation import render_gif
 from vaepipe.io import write_json
-from vaepipe.models import build_model
-from vaepipe.sweep import (KIND, FrameRecorder, frame_steps, measure, probe_indices,
-                           select_classes, train_config)
-from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,
-                              save_checkpoint, write_history)
+from vaepipe.models.vae import build_model
+from vaepipe.sweep.frames import FrameRecorder, frame_steps, probe_indices
+from vaepipe.sweep.study import KIND, measure, select_classes, train_config
+from vaepipe.train.checkpoints import save_checkpoint
+from vaepipe.train.device import DeviceError, resolve_device
+from vaepipe.train.loop import TrainingDiverged, fit, write_history
 
 PROBE_PER_CLASS = 200  # test images per class drawn in every GIF frame
 STRIP = 10             # of them, shown as originals over reconstructions
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
                        "data": {"dataset": params.data.dataset},
                        "sweep": {k: v for k, v in to_dict(sweep).items() if k != "betas"}}}
     # timings only in metrics.json: the same weights must give the same checkpoint bytes
-    save_checkpoint(args.checkpoint, model, cfg.epochs, metrics, meta)
+    save_checkpoint(args.checkpoint, model, {"epoch": cfg.epochs, "metrics": metrics, **meta})
     metrics["train_seconds"] = result.train_seconds
     write_history(args.history, result)
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from vaepipe import runtime
-from vaepipe.classifier import load_classifier
 from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
 from vaepipe.data.arrays import load_split
-from vaepipe.evaluation import (CHECKPOINTS, MODEL_KINDS, build_reference, evaluate_checkpoint,
-                                same_weights, summary_markdown, write_npz)
-from vaepipe.io import write_json, write_text
-from vaepipe.training import (CheckpointError, DeviceError, device_name, load_checkpoint,
-                              resolve_device)
+from vaepipe.evaluate.classifier import load_classifier
+from vaepipe.evaluate.evaluation import build_reference, evaluate_checkpoint, same_weights
+from vaepipe.evaluate.summary import summary_markdown
+from vaepipe.io import write_json, write_npz, write_text
+from vaepipe.models.vae import MODELS
+from vaepipe.train.checkpoints import CHECKPOINTS, CheckpointError, load_checkpoint
+from vaepipe.train.device import DeviceError, device_name, resolve_device
 
 
 def main(argv=None) -> int:
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         splits = {name: load_split(args.data, name) for name in ("train", "val", "test")}
         classifier, clf_ckpt = load_classifier(args.classifier, device)
         models = {kind: {ckpt: load_checkpoint(args.models / kind / f"{ckpt}.pt", device)
-                         for ckpt in CHECKPOINTS} for kind in MODEL_KINDS}
+                         for ckpt in CHECKPOINTS} for kind in MODELS}
     except (ConfigError, DeviceError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -86,12 +87,12 @@ def main(argv=None) -> int:
 
     clf = {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]}
     dims = {kind: by_ckpt["best"][0].latent_dim for kind, by_ckpt in models.items()}
-    summary = summary_markdown({k: metrics[k] for k in MODEL_KINDS}, ref.numbers, clf, cfg, seed,
+    summary = summary_markdown({k: metrics[k] for k in MODELS}, ref.numbers, clf, cfg, seed,
                                params.data.dataset, dims)
     write_json(args.metrics, metrics)
     write_json(args.details, details)
     write_text(args.summary, summary)
-    print(f"evaluate: {len(MODEL_KINDS) * len(CHECKPOINTS)} checkpoints in "
+    print(f"evaluate: {len(MODELS) * len(CHECKPOINTS)} checkpoints in "
           f"{details['total_seconds']:.0f} s on {device}")
     return 0
 

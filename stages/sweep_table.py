@@ -17,7 +17,7 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.catalog import get_spec
 from vaepipe.io import atomic_path, write_json, write_text
-from vaepipe.sweep_table import collect_runs, curves, markdown, metrics_tree, table
+from vaepipe.sweep.table import collect_runs, curves, markdown, metrics_tree, table
 
 
 def main(argv=None) -> int:

@@ -16,9 +16,9 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.io import write_json
-from vaepipe.models import MODELS, build_model, model_args
-from vaepipe.training import (DeviceError, TrainingDiverged, fit, resolve_device,
-                              summarize, write_history)
+from vaepipe.models.vae import MODELS, build_model, model_args
+from vaepipe.train.device import DeviceError, resolve_device
+from vaepipe.train.loop import TrainingDiverged, fit, summarize, write_history
 
 
 def main(argv=None) -> int:

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from vaepipe import runtime
-from vaepipe.classifier import Classifier, accuracy, save_classifier, train_classifier
 from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import NUM_CLASSES
+from vaepipe.evaluate.classifier import Classifier, accuracy, save_classifier, train_classifier
 from vaepipe.io import write_json
-from vaepipe.training import DeviceError, TrainingDiverged, device_name, resolve_device
+from vaepipe.train.device import DeviceError, device_name, resolve_device
+from vaepipe.train.loop import TrainingDiverged
 
 
 def main(argv=None) -> int:

@@ -21,13 +21,13 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split
 from vaepipe.data.catalog import DataFormatError, get_spec
-from vaepipe.gallery import (COMPARED, MODEL_TITLES, InputError, ModelRun, draw_models,
-                             draw_overview, load_evaluation)
+from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models, draw_overview,
+                                     load_evaluation)
+from vaepipe.figures.report import (RunInfo, build_markdown, changed_params, git_revision,
+                                    markdown_to_html, pipeline_outputs)
 from vaepipe.io import write_text
-from vaepipe.report import RunInfo, build_markdown, changed_params, git_revision, markdown_to_html
-from vaepipe.training import CheckpointError, load_checkpoint
-
-MODELS = ("mlp", "conv")
+from vaepipe.models.vae import MODELS, model_title
+from vaepipe.train.checkpoints import CheckpointError, load_checkpoint
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
@@ -82,13 +82,14 @@ def main(argv=None) -> int:
                            params.visualize, params.seed, args.figures)
 
     c, h, w = test_x.shape[1:]
+    revision, changed_files = git_revision(outputs=pipeline_outputs())
     info = RunInfo(
-        revision=git_revision(),
+        revision=revision, changed_files=changed_files,
         dataset=spec.name,
         data_note=f"{len(train_x):,} training images (after the validation split), "
                   f"{len(test_x):,} test images, {c}x{h}x{w}",
-        devices={MODEL_TITLES[r.name]: t.get("device", "unknown") for r, t, _ in runs},
-        checkpoints={MODEL_TITLES[r.name]: f"epoch 1 and best (epoch {r.epochs['best']} of "
+        devices={model_title(r.name): t.get("device", "unknown") for r, t, _ in runs},
+        checkpoints={model_title(r.name): f"epoch 1 and best (epoch {r.epochs['best']} of "
                      f"{best['params'][r.name]['epochs']})" for r, _, best in runs},
         changed_params=changed_params(params))
     gifs = {p.parent.name.removeprefix("beta_"): p
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
                             key=lambda p: float(p.parent.name.removeprefix("beta_")))}
     markdown = build_markdown(info, entries, args.report.parent,
                               read_optional(args.evaluation_md), read_optional(args.sweep_md),
-                              gifs)
+                              gifs, {k: v for k, v in metrics.items() if k in MODELS})
     write_text(args.report, markdown)
     write_text(args.html, markdown_to_html(markdown, args.report.parent,
                                            f"VAE report: {spec.name}"))

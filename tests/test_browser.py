@@ -21,7 +21,7 @@ import pytest
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER = "chromedriver"
 NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
-# the flags issue 10 asks for: no sandbox (root in CI), no GPU, nothing phoning home
+# headless Chromium in CI: no sandbox (root in CI), no GPU, nothing phoning home
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync")
 

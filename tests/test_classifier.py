@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaepipe.classifier import (Classifier, accuracy, load_classifier, save_classifier,
-                                train_classifier)
-from vaepipe.training import CheckpointError
+from vaepipe.evaluate.classifier import (Classifier, accuracy, load_classifier, save_classifier,
+                                         train_classifier)
+from vaepipe.train.checkpoints import CheckpointError
 
 
 def quadrant_data(n, seed=0):
@@ -66,5 +66,6 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="junk.pt: not a loadable checkpoint"):
         load_classifier(tmp_path / "junk.pt")
     torch.save({"format": 1, "kind": "mlp", "state_dict": {}}, tmp_path / "vae.pt")
-    with pytest.raises(CheckpointError, match="vae.pt: not a classifier checkpoint"):
+    with pytest.raises(CheckpointError,
+                       match="vae.pt: holds a 'mlp' network; expected 'classifier'"):
         load_classifier(tmp_path / "vae.pt")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from vaepipe.classifier import Classifier, accuracy, train_classifier
+from vaepipe.evaluate.classifier import Classifier, accuracy, train_classifier
 from vaepipe.config import ConvConfig, MLPConfig
-from vaepipe.models import build_model, model_args
-from vaepipe.training import evaluate_elbo, fit, resolve_device
+from vaepipe.models.vae import build_model, model_args
+from vaepipe.train.device import resolve_device
+from vaepipe.train.loop import evaluate_elbo, fit
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),

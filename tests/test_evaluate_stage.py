@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from vaepipe.data.arrays import load_split, save_arrays
-from vaepipe.evaluation import CHECKPOINTS, METRICS, MODEL_KINDS
+from vaepipe.evaluate.evaluation import METRICS
+from vaepipe.models.vae import MODELS
+from vaepipe.train.checkpoints import CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -45,8 +47,8 @@ def test_classifier_and_evaluate_through_dvc(dvc_project):
             project.root / "models/classifier.pt", data, split)
 
     report = project.read_json("reports/evaluate.json")
-    assert set(report) == {*MODEL_KINDS, "reference"}
-    for kind in MODEL_KINDS:
+    assert set(report) == {*MODELS, "reference"}
+    for kind in MODELS:
         assert set(report[kind]) == set(CHECKPOINTS)
         for ckpt in CHECKPOINTS:
             m = report[kind][ckpt]
@@ -102,7 +104,7 @@ def _stage(name):
 
 def recomputed_accuracy(checkpoint: Path, data: Path, split: str) -> float:
     """The fraction of ``split``'s images whose label the saved classifier predicts."""
-    from vaepipe.classifier import load_classifier, predict
+    from vaepipe.evaluate.classifier import load_classifier, predict
     model, _ = load_classifier(checkpoint)
     images, labels = load_split(data, split)
     predicted = predict(model, torch.as_tensor(images)).numpy()
@@ -141,7 +143,7 @@ def test_evaluate_stops_before_work_with_one_line(tmp_path, tiny_split, capsys, 
 
 
 def test_evaluate_names_a_missing_vae_checkpoint(tmp_path, tiny_split, capsys):
-    from vaepipe.classifier import Classifier, save_classifier
+    from vaepipe.evaluate.classifier import Classifier, save_classifier
     save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
                     {"epochs": 1, "metrics": {}})
     (tmp_path / "params.yaml").write_text("seed: 1\n")
@@ -186,7 +188,7 @@ def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
     assert accuracies["test"] != accuracies["val"]  # the check below can tell them apart
     assert metrics["test_accuracy"] == accuracies["test"]
     assert metrics["val_accuracy"] == accuracies["val"]
-    from vaepipe.classifier import load_classifier
+    from vaepipe.evaluate.classifier import load_classifier
     model, ckpt = load_classifier(tmp_path / "c.pt")
     assert ckpt["params"]["classifier"]["features"] == 8 and len(ckpt["history"]) == 2
     assert "beta" not in ckpt["params"]
@@ -195,9 +197,9 @@ def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
 def test_evaluate_stage_in_process_writes_every_output(tmp_path, tiny_split):
     # the fast suite's check of the stage script (the DVC test above is marked slow)
     import torch
-    from vaepipe.classifier import Classifier, save_classifier
-    from vaepipe.models import build_model
-    from vaepipe.training import save_checkpoint
+    from vaepipe.evaluate.classifier import Classifier, save_classifier
+    from vaepipe.models.vae import build_model
+    from vaepipe.train.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
@@ -209,8 +211,9 @@ def test_evaluate_stage_in_process_writes_every_output(tmp_path, tiny_split):
                 epoch = 2
             else:
                 torch.nn.init.normal_(next(model.parameters()), std=0.1 * epoch)
-            save_checkpoint(tmp_path / f"models/{kind}/{name}.pt", model, epoch, {},
-                            {"params": {kind: {"likelihood": "bernoulli", "obs_std": 1.0}}})
+            save_checkpoint(tmp_path / f"models/{kind}/{name}.pt", model,
+                            {"epoch": epoch, "metrics": {},
+                             "params": {kind: {"likelihood": "bernoulli", "obs_std": 1.0}}})
     (tmp_path / "params.yaml").write_text(
         "device: cpu\nevaluate:\n  samples: 100\n  iwae_samples: 3\n  iwae_images: 8\n"
         "  probe_images: 40\n  silhouette_images: 20\n  diversity_images: 10\n")

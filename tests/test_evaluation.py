@@ -1,4 +1,5 @@
 """Oracle tests of the evaluation measures: each number against a value known another way."""
+import itertools
 import math
 
 import numpy as np
@@ -8,15 +9,19 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from vaepipe.classifier import Classifier
 from vaepipe.config import EvaluateConfig, TrainConfig
-from vaepipe.evaluation import (METRICS, build_reference, encode, evaluate_checkpoint,
-                                frozen_key, iwae_bound, recon_indices, write_npz)
-from vaepipe.metrics import (active_units, bce_floor, bits_per_dim, diversity, fid,
-                             frechet_distance, kl_per_dim, knn_radii, precision_recall,
-                             probe_accuracy, silhouette)
-from vaepipe.models import VAE, build_model
-from vaepipe.training import evaluate_elbo
+from vaepipe.evaluate.classifier import Classifier
+from vaepipe.evaluate.evaluation import (METRICS, build_reference, evaluate_checkpoint,
+                                         frozen_key, iwae_bound, recon_indices)
+from vaepipe.evaluate.measures import (active_units, bce_floor, bits_per_dim, diversity, fid,
+                                       frechet_distance, kl_per_dim, knn_radii,
+                                       precision_recall, probe_accuracy, silhouette, subsample,
+                                       unit_activity)
+from vaepipe.io import write_npz
+from vaepipe.models.batches import encode
+from vaepipe.models.vae import VAE, build_model
+from vaepipe.train.loop import evaluate_elbo
+from vaepipe.train.objective import kl_per_sample
 
 
 class ToyVAE(VAE):
@@ -222,8 +227,8 @@ def test_active_units_count_the_informative_dimensions_of_a_hand_built_encoder()
     images = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (500, 1, 1, 4)),
                              dtype=torch.uint8)
     mu, logvar = encode(HandBuilt(), images, batch=128)
-    count, activity = active_units(mu.numpy())
-    assert count == 3
+    active, activity = active_units(mu.numpy()), unit_activity(mu.numpy())
+    assert active.tolist() == [True, True, True, False, False, False]
     assert activity[3] < 0.01 and (activity[:3] > 0.05).all() and (activity[4:] == 0).all()
 
 
@@ -235,10 +240,32 @@ def test_kl_per_dim_matches_torch_distributions():
     np.testing.assert_allclose(kl_per_dim(mu, logvar), expected, rtol=1e-10)
 
 
+def test_kl_per_dim_sums_to_the_training_kl():
+    rng = np.random.default_rng(1)
+    mu, logvar = rng.normal(size=(64, 5)), rng.normal(size=(64, 5))
+    per_dim = kl_per_dim(mu, logvar)
+    total = kl_per_sample(torch.from_numpy(mu), torch.from_numpy(logvar)).mean().item()
+    assert per_dim.shape == (5,) and per_dim.sum() == pytest.approx(total)
+    # a dimension equal to the prior (mu 0, logvar 0) carries no KL
+    mu[:, 2], logvar[:, 2] = 0.0, 0.0
+    assert kl_per_dim(mu, logvar)[2] == 0.0
+
+
+def test_seeded_subsamples_are_sorted_distinct_and_repeat():
+    keep = subsample(100, 30, seed=2)
+    assert len(set(keep)) == 30 and np.all(np.diff(keep) > 0)
+    np.testing.assert_array_equal(keep, subsample(100, 30, seed=2))
+    assert subsample(10, 30, seed=2).tolist() == list(range(10))
+
+
 def test_diversity_is_the_mean_pairwise_distance():
     images = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 8.0]]).view(3, 1, 1, 2)
     assert diversity(images) == pytest.approx((5 + 8 + 5) / 3)
     assert diversity(torch.ones(10, 1, 2, 2)) == 0.0
+    x = torch.tensor(np.random.default_rng(2).random((7, 1, 4, 4)))
+    brute = np.mean([np.linalg.norm((a - b).numpy().ravel())
+                     for a, b in itertools.combinations(x, 2)])
+    assert diversity(x) == pytest.approx(brute, rel=1e-9)
 
 
 def test_probe_and_silhouette_on_separable_and_mixed_latents():
@@ -251,6 +278,26 @@ def test_probe_and_silhouette_on_separable_and_mixed_latents():
     mixed = rng.normal(size=(200, 3))
     assert abs(silhouette(mixed, labels, 1000, seed=0)) < 0.1
     assert probe_accuracy(mixed[:100], labels[:100], mixed[100:], labels[100:]) < 0.5
+
+
+def test_silhouette_oracles():
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    labels = np.repeat([0, 1, 7], 50)
+    tight = centres[np.repeat([0, 1, 2], 50)] + rng.normal(0, 0.1, (150, 2))
+    assert silhouette(tight, labels) > 0.98
+    # one blob, labels at random: no structure, close to 0
+    blob = rng.normal(0, 1, (150, 2))
+    assert abs(silhouette(blob, rng.permutation(labels))) < 0.1
+
+
+def test_probe_accuracy_separable_and_chance():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1, 7], 60)
+    points = np.array([[0, 0], [6, 0], [0, 6]])[np.repeat([0, 1, 2], 60)] + rng.normal(0, 0.5, (180, 2))
+    assert probe_accuracy(points, labels, points + 0.1, labels) == 1.0
+    noise = rng.normal(0, 1, (180, 2))
+    assert probe_accuracy(noise, labels, rng.normal(0, 1, (180, 2)), labels) < 0.55
 
 
 def test_recon_indices_take_the_first_of_each_class_then_the_next():

@@ -5,9 +5,8 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from vaepipe import figures, latent
-from vaepipe.models import build_model
-from vaepipe.objective import kl_per_sample
+from vaepipe.figures import grids, latent, plots
+from vaepipe.models.vae import build_model
 
 RNG = np.random.default_rng(0)
 
@@ -31,19 +30,19 @@ def images(*shape):
 
 
 # --------------------------------------------------------------------------------------------
-# Image grids: sizes worked out by hand from the layout constants in figures.py (title band
+# Image grids: sizes worked out by hand from the layout constants in grids.py (title band
 # 34, margins 8, column labels 18, panel titles 22, 24 between panels, each 28 px image plus
 # a 2 px gap, times the scale); only the row-label band is measured, from the font.
 
 
 def band(*labels):
-    return figures._label_px(labels)
+    return grids._label_px(labels)
 
 
 def test_reconstructions_size_rows_labelled(tmp_path):
     rows = {"test input": images(4, 1, 28, 28), "epoch 1": images(4, 1, 28, 28),
             "best (epoch 9)": images(4, 1, 28, 28)}
-    path = figures.reconstructions(rows, tmp_path / "r.png", "t")
+    path = grids.reconstructions(rows, tmp_path / "r.png", "t")
     labels = band("test input", "epoch 1", "best (epoch 9)")
     assert 80 < labels < 130
     assert png_size(path) == (8 + labels + (4 * 30 + 2) * 2 + 8, 34 + (3 * 30 + 2) * 2 + 8)
@@ -51,39 +50,39 @@ def test_reconstructions_size_rows_labelled(tmp_path):
 
 def test_sample_grids_side_by_side(tmp_path):
     samples = {"epoch 1": images(100, 1, 28, 28), "best": images(100, 1, 28, 28)}
-    four = figures.sample_grids(samples, 4, tmp_path / "s4.png", "t")
+    four = grids.sample_grids(samples, 4, tmp_path / "s4.png", "t")
     side = (4 * 30 + 2) * 2  # 244 px per panel
     assert png_size(four) == (8 + side + 24 + side + 8, 34 + 22 + side + 8)
-    ten = figures.sample_grids(samples, 10, tmp_path / "s10.png", "t")  # scale 1 for 10x10
+    ten = grids.sample_grids(samples, 10, tmp_path / "s10.png", "t")  # scale 1 for 10x10
     assert png_size(ten) == (8 + 302 + 24 + 302 + 8, 34 + 22 + 302 + 8)
     with pytest.raises(ValueError, match="needs 64 samples"):
-        figures.sample_grids({"x": images(10, 1, 28, 28)}, 8, tmp_path / "bad.png", "t")
+        grids.sample_grids({"x": images(10, 1, 28, 28)}, 8, tmp_path / "bad.png", "t")
 
 
 def test_colour_images_and_a_long_title_widen_the_figure(tmp_path):
     title = "x" * 100
-    path = figures.reconstructions({"in": images(2, 3, 32, 32)}, tmp_path / "c.png", title)
-    wide = figures._text_px(title, figures.TITLE_PT, bold=True)
+    path = grids.reconstructions({"in": images(2, 3, 32, 32)}, tmp_path / "c.png", title)
+    wide = grids._text_px(title, grids.TITLE_PT, bold=True)
     assert wide > 800
     assert png_size(path) == (wide + 32, 34 + (32 + 4) * 2 + 8)
 
 
 def test_interpolation_and_frozen_and_class_examples(tmp_path):
     rows = {"epoch 1": images(10, 1, 28, 28), "best": images(10, 1, 28, 28)}
-    path = figures.interpolation(rows, np.linspace(0, 1, 10), tmp_path / "i.png", "t")
+    path = grids.interpolation(rows, np.linspace(0, 1, 10), tmp_path / "i.png", "t")
     assert png_size(path) == (8 + band("epoch 1", "best") + (10 * 30 + 2) * 2 + 8,
                               34 + 18 + (2 * 30 + 2) * 2 + 8)
 
     frozen = images(4, 64, 1, 28, 28)
-    path = figures.frozen_latents(frozen, [0.1, 0.5, 1.0], tmp_path / "f.png", "t")
+    path = grids.frozen_latents(frozen, [0.1, 0.5, 1.0], tmp_path / "f.png", "t")
     side = (8 * 30 + 2) * 2  # 2 x 2 panels of 8 x 8 at scale 2
     assert png_size(path) == (8 + 2 * side + 24 + 8, 34 + 2 * (22 + side + 24) - 24 + 8)
     with pytest.raises(ValueError, match="conditions"):
-        figures.frozen_latents(frozen, [0.1, 0.5], tmp_path / "f2.png", "t")
+        grids.frozen_latents(frozen, [0.1, 0.5], tmp_path / "f2.png", "t")
 
     labels = np.arange(40) % 10
     names = [f"class {i}" for i in range(10)]
-    path = figures.class_examples(images(40, 1, 28, 28), labels, names, tmp_path / "c.png", "t",
+    path = grids.class_examples(images(40, 1, 28, 28), labels, names, tmp_path / "c.png", "t",
                                   per_class=4)
     rows = band(*[f"{i}: class {i}" for i in range(10)])
     assert png_size(path) == (8 + rows + (4 * 30 + 2) * 2 + 8, 34 + (10 * 30 + 2) * 2 + 8)
@@ -95,7 +94,7 @@ def test_traversal_grid_has_one_row_per_latent_dimension(tmp_path):
     levels = np.linspace(0.1, 0.9, z)
     grid = np.broadcast_to(levels[:, None, None, None, None], (z, steps, 1, 28, 28)).copy()
     labels = [f"z{d}" for d in range(z)]
-    path = figures.traversals({"best": grid}, np.linspace(-3, 3, steps), {"best": labels},
+    path = grids.traversals({"best": grid}, np.linspace(-3, 3, steps), {"best": labels},
                               tmp_path / "t.png", "t")
     width, height = png_size(path)
     top = 34 + 22 + 18                        # title, panel title, value labels
@@ -107,7 +106,7 @@ def test_traversal_grid_has_one_row_per_latent_dimension(tmp_path):
         assert pixels[y, x] == pytest.approx(levels[d], abs=0.01)
     assert pixels[top + 2 + z * 60 + 2, x] > 0.98  # below the last row: white, no extra row
 
-    fewer = figures.traversals({"best": grid[:3]}, np.linspace(-3, 3, steps),
+    fewer = grids.traversals({"best": grid[:3]}, np.linspace(-3, 3, steps),
                                {"best": labels[:3]}, tmp_path / "t3.png", "t")
     assert height - png_size(fewer)[1] == 2 * 30 * 2  # two rows fewer, 60 px each
 
@@ -131,7 +130,7 @@ def test_decoded_traversal_of_a_tiny_model_has_one_image_row_per_dimension(tmp_p
     assert grid.shape == (6, 11, 1, 28, 28)
     assert 0 <= grid.min() and grid.max() <= 1
     labels = {"best": [f"z{d}" for d in range(6)]}
-    path = figures.traversals({"best": grid}, values, labels, tmp_path / "t.png", "t")
+    path = grids.traversals({"best": grid}, values, labels, tmp_path / "t.png", "t")
     assert png_size(path)[1] == 34 + 22 + 18 + (6 * 30 + 2) * 2 + 8
 
 
@@ -144,60 +143,41 @@ def test_plots_have_their_fixed_sizes(tmp_path):
     labels = np.arange(n) % 10
     names = [f"c{i}" for i in range(10)]
     xy = RNG.normal(size=(n, 2)).astype(np.float32)
-    path = figures.latent_scatter({"epoch 1": xy, "best": xy}, labels, names,
+    path = plots.latent_scatter({"epoch 1": xy, "best": xy}, labels, names,
                                   tmp_path / "s.png", "t", "PC")
-    assert png_size(path) == figures.SCATTER_SIZE_PX == (1300, 620)
+    assert png_size(path) == plots.SCATTER_SIZE_PX == (1300, 620)
 
     epochs = np.arange(1, 6, dtype=float)
     history = {k: RNG.random(5) + 1 for k in ("train_loss", "val_loss", "train_recon",
                                                "val_recon", "train_kl", "val_kl", "val_nelbo")}
     history |= {"epoch": epochs, "beta": np.minimum(1, epochs / 3)}
-    path = figures.loss_curves(history, tmp_path / "l.png", "t", best_epoch=4)
+    path = plots.loss_curves(history, tmp_path / "l.png", "t", best_epoch=4)
     assert png_size(path) == (1500, 470)
-    path = figures.validation_nelbo({"a": (epochs, epochs), "b": (epochs, 2 * epochs)},
+    path = plots.validation_nelbo({"a": (epochs, epochs), "b": (epochs, 2 * epochs)},
                                     tmp_path / "v.png", "t")
     assert png_size(path) == (800, 450)
 
     kl, active = RNG.random(8), np.arange(8) < 5
-    path = figures.kl_per_dimension({"epoch 1": (kl, active), "best": (kl, ~active)},
+    path = plots.kl_per_dimension({"epoch 1": (kl, active), "best": (kl, ~active)},
                                     tmp_path / "k.png", "t", 0.01)
     assert png_size(path) == (1000, 34 + 60 + 2 * 260)
 
     mu, logvar = RNG.normal(size=(50, 8)), RNG.normal(size=(50, 8)) * 0.1
     sigma, z = latent.posterior_samples(mu, logvar, seed=0)
-    path = figures.posterior_histograms({"best": (mu, sigma, z, active)},
+    path = plots.posterior_histograms({"best": (mu, sigma, z, active)},
                                         RNG.normal(size=1000), tmp_path / "p.png", "t")
     assert png_size(path) == (4 * 340, 34 + 30 + 290)
 
 
 def test_same_arrays_give_the_same_bytes(tmp_path):
     samples = {"best": images(16, 1, 28, 28)}
-    a = figures.sample_grids(samples, 4, tmp_path / "a.png", "t").read_bytes()
-    b = figures.sample_grids(samples, 4, tmp_path / "b.png", "t").read_bytes()
+    a = grids.sample_grids(samples, 4, tmp_path / "a.png", "t").read_bytes()
+    b = grids.sample_grids(samples, 4, tmp_path / "b.png", "t").read_bytes()
     assert a == b  # DVC hashes outputs: a rerun on the same inputs changes nothing
 
 
 # --------------------------------------------------------------------------------------------
 # What the figures show
-
-
-def test_kl_per_dimension_sums_to_the_training_kl():
-    mu, logvar = RNG.normal(size=(64, 5)), RNG.normal(size=(64, 5))
-    per_dim = latent.kl_per_dimension(mu, logvar)
-    total = kl_per_sample(torch.from_numpy(mu), torch.from_numpy(logvar)).mean().item()
-    assert per_dim.shape == (5,) and per_dim.sum() == pytest.approx(total)
-    # a dimension equal to the prior (mu 0, logvar 0) carries no KL
-    mu[:, 2], logvar[:, 2] = 0.0, 0.0
-    assert latent.kl_per_dimension(mu, logvar)[2] == 0.0
-
-
-def test_active_units_count_exactly_the_informative_dimensions():
-    x = RNG.normal(size=(500, 1))
-    mu = np.zeros((500, 6))
-    mu[:, [0, 3]] = x * np.array([1.0, 0.2])    # Var 1 and 0.04: active
-    mu[:, 4] = 0.05 * RNG.normal(size=500)      # Var 0.0025: below 0.01
-    np.testing.assert_array_equal(latent.active_units(mu),
-                                  [True, False, False, True, False, False])
 
 
 def test_pca_explained_variance_matches_scikit_learn():
@@ -211,14 +191,10 @@ def test_pca_explained_variance_matches_scikit_learn():
     assert latent.pca_2d(x[:, :1])[0].shape == (400, 2)  # a 1-D latent still plots
 
 
-def test_pairs_subsamples_and_tsne_are_seeded():
+def test_pairs_and_tsne_are_seeded():
     labels = np.array([3] * 20 + [5])
     a, b = latent.pick_pair(labels, seed=1)
     assert labels[a] != labels[b] and latent.pick_pair(labels, seed=1) == (a, b)
-    keep = latent.subsample(100, 30, seed=2)
-    assert len(set(keep)) == 30 and np.all(np.diff(keep) > 0)
-    np.testing.assert_array_equal(keep, latent.subsample(100, 30, seed=2))
-    assert len(latent.subsample(10, 30, seed=2)) == 10
     x = RNG.normal(size=(20, 4)).astype(np.float32)  # perplexity capped for 20 points
     np.testing.assert_array_equal(latent.tsne_2d(x, 0, 30.0, 250),
                                   latent.tsne_2d(x, 0, 30.0, 250))

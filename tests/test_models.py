@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from vaepipe.classifier import Classifier
-from vaepipe.models import MODELS, ConvVAE, MLPVAE, build_model, conv_output_sizes
+from vaepipe.evaluate.classifier import Classifier
+from vaepipe.models.vae import MODELS, ConvVAE, MLPVAE, build_model, conv_output_sizes
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 VARIANTS = {

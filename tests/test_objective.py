@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from vaepipe.metrics import bits_per_dim
-from vaepipe.objective import kl_per_sample, kl_weight, recon_per_sample, vae_loss
+from vaepipe.evaluate.measures import bits_per_dim
+from vaepipe.train.objective import kl_per_sample, kl_weight, recon_per_sample, vae_loss
 
 
 def test_kl_matches_torch_distributions():

@@ -411,7 +411,7 @@ def test_load_split_refuses_images_of_no_known_shape_and_empty_splits(tmp_path):
 
 
 def test_train_classifier_refuses_a_batch_larger_than_the_training_set():
-    from vaepipe.classifier import Classifier, train_classifier
+    from vaepipe.evaluate.classifier import Classifier, train_classifier
     from vaepipe.config import ConfigError
 
     x, y = np.zeros((20, 1, 28, 28), np.uint8), np.arange(20, dtype=np.int64) % 10
@@ -427,7 +427,7 @@ def test_train_classifier_refuses_a_batch_larger_than_the_training_set():
 
 @pytest.mark.parametrize("tamper,message", [
     (lambda c: {**c, "kind": "transformer"},
-     r"models/mlp/best\.pt: cannot rebuild the model \(.*transformer"),
+     r"models/mlp/best\.pt: holds a 'transformer' network; expected 'mlp' or 'conv'"),
     (lambda c: {**c, "model_args": {**c["model_args"], "latent_dim": 5}},
      r"models/mlp/best\.pt: weights do not fit a mlp model with \{.*'latent_dim': 5"),
 ], ids=["kind", "shapes"])
@@ -435,9 +435,9 @@ def test_evaluate_stage_names_a_mismatched_checkpoint(tmp_path, monkeypatch, cap
                                                       message):
     # load_checkpoint's own refusals are tested in test_training.py; here: the stage turns
     # them into one line and exit 2 before any work
-    from vaepipe.classifier import Classifier, save_classifier
-    from vaepipe.models import build_model
-    from vaepipe.training import save_checkpoint
+    from vaepipe.evaluate.classifier import Classifier, save_classifier
+    from vaepipe.models.vae import build_model
+    from vaepipe.train.checkpoints import save_checkpoint
 
     rng = np.random.default_rng(0)
     for name, n in (("train", 40), ("val", 10), ("test", 20)):
@@ -449,7 +449,8 @@ def test_evaluate_stage_names_a_mismatched_checkpoint(tmp_path, monkeypatch, cap
     for kind, args in (("mlp", {"hidden": (8,)}), ("conv", {"channels": (4,)})):
         model = build_model(kind, image_shape=(1, 28, 28), latent_dim=2, **args)
         for name in ("epoch_01", "best", "final"):
-            save_checkpoint(tmp_path / f"models/{kind}/{name}.pt", model, 1, {}, {})
+            save_checkpoint(tmp_path / f"models/{kind}/{name}.pt", model,
+                            {"epoch": 1, "metrics": {}})
     best = tmp_path / "models/mlp/best.pt"
     torch.save(tamper(torch.load(best, weights_only=True)), best)
     (tmp_path / "params.yaml").write_text("device: cpu\n")

@@ -13,9 +13,9 @@ from PIL import Image
 
 import vizdata
 from vaepipe.config import parse_params
-from vaepipe.gallery import InputError, load_evaluation
-from vaepipe.report import (FigureEntry, RunInfo, build_markdown, changed_params, figure_links,
-                            markdown_to_html)
+from vaepipe.figures.gallery import InputError, load_evaluation
+from vaepipe.figures.report import (FigureEntry, RunInfo, build_markdown, changed_params,
+                                    figure_links, git_revision, markdown_to_html)
 
 REPO = Path(__file__).resolve().parent.parent
 PER_MODEL = ["reconstructions", "samples_4x4", "samples_8x8", "latent_pca", "latent_tsne",
@@ -55,7 +55,7 @@ def test_report_says_what_was_run_and_embeds_the_tables_verbatim(built):
     text = (built / "reports/report.md").read_text()
     assert "| dataset | fashion-mnist:" in text
     assert "| device, MLP VAE | cpu (test, 2 threads) |" in text
-    assert "| git revision | unknown (no git commit here) |" in text
+    assert "| started from commit | unknown (no git commit here) |" in text
     assert "epoch 1 and best (epoch 3 of 3)" in text
     # the fixture's params.yaml shortens t-SNE: the one param that differs from the defaults
     assert "| `visualize.tsne_iterations` | `250` | `350` |" in text
@@ -63,6 +63,38 @@ def test_report_says_what_was_run_and_embeds_the_tables_verbatim(built):
     assert vizdata.SWEEP_MD.strip() in text
     # one line per figure, with a number from evaluate.json where it has one
     assert "FID 80.0 -> 60.0" in text
+
+
+def test_report_shows_pictures_and_one_results_table_before_the_long_tables(built):
+    text = (built / "reports/report.md").read_text()
+    glance, rest = text.split("## At a glance", 1)[1].split("## Evaluation", 1)
+    # samples and reconstructions of both models, and nothing else, come first
+    assert sorted(Path(link).name for link in figure_links(glance)) == sorted(
+        f"{m}_{name}.png" for m in ("mlp", "conv") for name in ("reconstructions", "samples_8x8"))
+    assert "| MLP VAE | `epoch_01` | 545.00 |" in glance and "| Conv VAE | `best` |" in glance
+    assert vizdata.EVALUATION_MD.strip() in rest     # the per-checkpoint tables after them
+    assert "## What was run" in text.split("## At a glance")[0]
+
+
+def test_git_revision_names_the_commit_and_changed_inputs_not_outputs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    for name in ("code.py", "params.yaml", "dvc.lock", "reports/figures/a.png",
+                 "reports/evaluate.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    outputs = ["dvc.lock", "reports/figures", "reports/evaluate.json"]
+    rev, changed = git_revision(tmp_path, outputs)
+    assert re.fullmatch(r"`[0-9a-f]{12}`", rev) and changed == []
+    for name in ("params.yaml", "dvc.lock", "reports/figures/a.png", "reports/evaluate.json"):
+        (tmp_path / name).write_text("v2")       # what a run (or `dvc exp run -S`) changes
+    assert git_revision(tmp_path, outputs) == (rev, [])
+    (tmp_path / "code.py").write_text("v2")       # an edit to an input
+    assert git_revision(tmp_path, outputs) == (rev, ["code.py"])
+    assert git_revision(tmp_path / "nowhere")[1] is None
 
 
 def test_report_html_is_one_self_contained_file(built):
@@ -225,7 +257,10 @@ def test_visualize_through_dvc_then_plots_show_and_diff_offline(dvc_project):
     run = project.dvc("repro", "--single-item", "visualize")
     assert "Running stage 'visualize'" in run.stdout
     report = (project.root / "reports/report.md").read_text()
-    assert re.search(r"\| git revision \| `[0-9a-f]{12}` \|", report)
+    assert re.search(r"\| started from commit \| `[0-9a-f]{12}` \|", report)
+    # the stage's own outputs and dvc.lock changed during the run: not changes to its inputs
+    assert "| uncommitted changes to code or pipeline | none (params.yaml aside: below) |" \
+        in report
 
     shown = project.dvc("plots", "show", "-o", "plots_out")
     page = (project.root / "plots_out/index.html").read_text()

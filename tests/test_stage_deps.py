@@ -1,4 +1,5 @@
-"""Every library module a stage imports for its numbers is a DVC dep of that stage, and no more.
+"""Every library module a stage imports for its numbers is a DVC dep of that stage, and no more;
+the library's layout keeps that true (packages that import nothing, one import direction).
 
 The imports are read statically (ast) from the stage script, following vaepipe's own imports
 transitively, so a new import without a new dep (or a stale dep) fails here.
@@ -18,9 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # VAEPIPE_THREADS), which DVC cannot track any more than the CPU kind; each stage records its
 # count in its metrics, and the README says what differs. Strict kernels are an environment
 # switch that the README says to pair with `dvc repro -f`. Package __init__ files hold only
-# docstrings.
-NOT_DEPS = {"vaepipe/config.py", "vaepipe/io.py", "vaepipe/runtime.py", "vaepipe/__init__.py",
-            "vaepipe/data/__init__.py"}
+# a docstring (test_packages_import_nothing).
+SHARED = ("vaepipe/config.py", "vaepipe/io.py", "vaepipe/runtime.py")
+PACKAGE_INITS = {p.relative_to(ROOT).as_posix() for p in (ROOT / "vaepipe").rglob("__init__.py")}
+NOT_DEPS = {*SHARED, *PACKAGE_INITS}
+# The library's packages, in the one direction their imports may go: a module imports from its
+# own package, from the shared modules above, and from packages earlier in this list.
+ORDER = ("data", "models", "train", "evaluate", "sweep", "figures")
+MAX_LINES = 400
 
 
 def _module_file(name: str) -> Path | None:
@@ -78,7 +84,43 @@ def test_every_stage_depends_on_exactly_the_modules_it_imports():
 
 
 def test_the_import_reader_follows_vaepipe_imports():
-    # the checker itself: train.py reaches the objective through training.py
+    # the checker itself: train.py reaches the objective through the training loop
     found = library_files(ROOT / "stages/train.py")
-    assert {"vaepipe/training.py", "vaepipe/objective.py", "vaepipe/models.py",
+    assert {"vaepipe/train/loop.py", "vaepipe/train/objective.py", "vaepipe/models/vae.py",
             "vaepipe/data/arrays.py", "vaepipe/data/catalog.py"} <= found
+
+
+def library_modules():
+    return sorted(p for p in (ROOT / "vaepipe").rglob("*.py"))
+
+
+def test_packages_import_nothing():
+    # a package's __init__ is one docstring, so importing one module of a package loads (and
+    # makes a stage depend on) that module alone
+    for init in sorted(PACKAGE_INITS):
+        body = ast.parse((ROOT / init).read_text()).body
+        assert len(body) == 1 and isinstance(body[0].value, ast.Constant), init
+
+
+def test_imports_between_packages_go_one_way():
+    wrong = []
+    for path in library_modules():
+        parts = path.relative_to(ROOT / "vaepipe").parts
+        if len(parts) == 1:  # a shared module: imports no package
+            allowed = set()
+        else:
+            allowed = set(ORDER[:ORDER.index(parts[0]) + 1])
+        for name in _imported_modules(path):
+            target = name.split(".")[1]
+            if target in ORDER and target not in allowed:
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert wrong == []
+    assert {p.name for p in (ROOT / "vaepipe").iterdir() if p.is_dir()} - {"plot_templates",
+                                                                           "__pycache__"} \
+        == set(ORDER)
+
+
+def test_no_library_file_is_over_the_length_limit():
+    long = {p.relative_to(ROOT).as_posix(): n for p in library_modules()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

@@ -1,5 +1,4 @@
 """The beta sweep's library: measures against oracles, frame capture, the GIF and the table."""
-import itertools
 import json
 import math
 
@@ -9,14 +8,13 @@ import pytest
 import torch
 from scipy import ndimage
 
-from vaepipe.animation import Frame, frame_limits, read_gif_record, render_gif
 from vaepipe.config import SweepConfig
-from vaepipe.models import build_model
-from vaepipe.sweep import (FrameRecorder, frame_steps, laplacian_variance,
-                           mean_pairwise_distance, probe_accuracy, probe_indices,
-                           select_classes, sharpness, silhouette, train_config)
-from vaepipe.sweep_table import COLUMNS, collect_runs, curves, markdown, metrics_tree, table
-from vaepipe.training import fit
+from vaepipe.figures.animation import frame_limits, read_gif_record, render_gif
+from vaepipe.models.vae import build_model
+from vaepipe.sweep.frames import Frame, FrameRecorder, frame_steps, probe_indices
+from vaepipe.sweep.study import laplacian_variance, select_classes, sharpness, train_config
+from vaepipe.sweep.table import COLUMNS, collect_runs, curves, markdown, metrics_tree, table
+from vaepipe.train.loop import fit
 
 
 def _shapes(n: int = 8, seed: int = 0) -> np.ndarray:
@@ -49,34 +47,6 @@ def test_blurred_images_are_less_sharp_and_flat_ones_have_none():
     s = [sharpness(torch.tensor(x, dtype=torch.float32)) for x in (images, blurred, blurrier)]
     assert s[0] > 2 * s[1] > 0 and s[1] > s[2] > 0
     assert sharpness(torch.full((3, 1, 28, 28), 0.7)) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_mean_pairwise_distance_is_the_mean_over_all_pairs():
-    x = torch.tensor(np.random.default_rng(2).random((7, 1, 4, 4)))
-    brute = np.mean([np.linalg.norm((a - b).numpy().ravel())
-                     for a, b in itertools.combinations(x, 2)])
-    assert mean_pairwise_distance(x) == pytest.approx(brute, rel=1e-9)
-    assert mean_pairwise_distance(x[:1].repeat(5, 1, 1, 1)) == pytest.approx(0.0)
-
-
-def test_silhouette_oracles():
-    rng = np.random.default_rng(3)
-    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
-    labels = np.repeat([0, 1, 7], 50)
-    tight = centres[np.repeat([0, 1, 2], 50)] + rng.normal(0, 0.1, (150, 2))
-    assert silhouette(tight, labels) > 0.98
-    # one blob, labels at random: no structure, close to 0
-    blob = rng.normal(0, 1, (150, 2))
-    assert abs(silhouette(blob, rng.permutation(labels))) < 0.1
-
-
-def test_probe_accuracy_separable_and_chance():
-    rng = np.random.default_rng(4)
-    labels = np.repeat([0, 1, 7], 60)
-    points = np.array([[0, 0], [6, 0], [0, 6]])[np.repeat([0, 1, 2], 60)] + rng.normal(0, 0.5, (180, 2))
-    assert probe_accuracy(points, labels, points + 0.1, labels) == 1.0
-    noise = rng.normal(0, 1, (180, 2))
-    assert probe_accuracy(noise, labels, rng.normal(0, 1, (180, 2)), labels) < 0.55
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import math
 import pytest
 import yaml
 
-from vaepipe.animation import read_gif_record
-from vaepipe.training import load_checkpoint
+from vaepipe.figures.animation import read_gif_record
+from vaepipe.train.checkpoints import load_checkpoint
 
 # Tiny everything: two betas, 2 epochs of a 4-8 channel model; train-conv too, the stage that
 # shows `-S beta=0.5` did change something.

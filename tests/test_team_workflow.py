@@ -27,7 +27,7 @@ import yaml
 
 from conftest import REPO_ROOT, DvcProject, build_project, copy_project
 from tiny import ALL_STAGES, TINY_PIPELINE as TINY
-from vaepipe.training import load_checkpoint
+from vaepipe.train.checkpoints import load_checkpoint
 
 EXP = "beta-0.5"
 UP_TO_DATE = "Data and pipelines are up to date."

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from vaepipe.training import load_checkpoint
+from vaepipe.train.checkpoints import load_checkpoint
 HISTORY_COLUMNS = ["epoch", "beta", "lr", "train_loss", "train_recon", "train_kl", "val_loss",
                    "val_recon", "val_kl", "val_nelbo", "seconds", "images_per_second"]
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from vaepipe.config import ConvConfig, MLPConfig
-from vaepipe.models import MLPVAE, build_model
-from vaepipe import training
-from vaepipe.training import (CHECKPOINT_FORMAT, CheckpointError, DeviceError, TrainingDiverged,
-                              fit, load_checkpoint, resolve_device, summarize, to_unit_float)
+from vaepipe.models.batches import to_unit_float
+from vaepipe.models.vae import MLPVAE, build_model
+from vaepipe.train.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from vaepipe.train.device import DeviceError, resolve_device
+from vaepipe.train.loop import TrainingDiverged, fit, make_optimizer, summarize
 
 CPU = torch.device("cpu")
 
@@ -152,7 +153,7 @@ def test_checkpoints_record_the_optimizer_that_ran(tmp_path):
     _, _ = train_once(tmp_path, "opt", cfg)
     ckpt = torch.load(tmp_path / "opt" / "final.pt", weights_only=True)
     assert ckpt["optimizer"] == {"class": "AdamW", "lr": 2e-3, "weight_decay": 1e-5}
-    assert training.make_optimizer(small_mlp_cfg(), [torch.zeros(1, requires_grad=True)]
+    assert make_optimizer(small_mlp_cfg(), [torch.zeros(1, requires_grad=True)]
                                    ).__class__ is torch.optim.Adam
 
 
@@ -257,7 +258,8 @@ def test_checkpoint_of_unknown_format_or_shape_is_refused_by_name(tmp_path):
         load_checkpoint(legacy)
     kind = tmp_path / "kind.pt"
     torch.save({**good, "kind": "transformer"}, kind)
-    with pytest.raises(CheckpointError, match="kind.pt: cannot rebuild the model.*transformer"):
+    with pytest.raises(CheckpointError,
+                       match="kind.pt: holds a 'transformer' network; expected 'mlp' or 'conv'"):
         load_checkpoint(kind)
     shapes = tmp_path / "shapes.pt"
     torch.save({**good, "model_args": {**good["model_args"], "latent_dim": 8}}, shapes)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vaepipe.training import load_checkpoint
+from vaepipe.train.checkpoints import load_checkpoint
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # mlp.batch_size: the tiny CIFAR split has 80 training images, fewer than the default 128

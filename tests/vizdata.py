@@ -3,7 +3,7 @@
 ``write_inputs(root)`` lays out, under a project root, the split files, checkpoints of tiny
 MLP and conv VAEs (untrained: the figures only need decoders of the right shapes), the training
 histories and metrics, what ``evaluate`` saves (``data/evaluate/<model>/<checkpoint>.npz`` by
-the contract in issue 10, computed from those tiny models, plus ``reports/evaluate.json`` and
+the evaluate stage's contract, computed from those tiny models, plus ``reports/evaluate.json`` and
 ``reports/evaluation.md``) and what the beta sweep saves (``reports/sweep.md``, a GIF and a
 history per beta). ``stage_args(root)`` are the visualize stage's arguments for that layout.
 """
@@ -22,8 +22,8 @@ from PIL import Image
 
 from vaepipe.config import Params, to_dict
 from vaepipe.data.arrays import save_arrays
-from vaepipe.models import build_model
-from vaepipe.training import save_checkpoint
+from vaepipe.models.vae import build_model
+from vaepipe.train.checkpoints import save_checkpoint
 
 DATASET = "fashion-mnist"
 TINY_MODELS = {"mlp": {"latent_dim": 3, "hidden": (16,)}, "conv": {"latent_dim": 4,
@@ -160,7 +160,8 @@ def write_inputs(root: Path, n_test: int = 40, n_train: int = 60, sweep: bool = 
             with torch.no_grad():  # each checkpoint a different decoder
                 for p in model.parameters():
                     p.add_(0.05 * torch.randn(p.shape))
-            save_checkpoint(root / f"models/{m}/{c}.pt", model, epoch, {}, meta)
+            save_checkpoint(root / f"models/{m}/{c}.pt", model,
+                            {"epoch": epoch, "metrics": {}, **meta})
             arrays = _evaluation(model, test_x, seed + epoch)
             arrays["labels"] = test_y
             (root / f"data/evaluate/{m}").mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,1 @@
-"""vaepipe: the library behind the DVC stages (data, models, objective, training, params)."""
+"""vaepipe: the library behind the DVC stages, one package per stage (see the README)."""

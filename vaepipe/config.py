@@ -93,9 +93,9 @@ class SweepConfig(_Section):
     """Seed 002's beta study: conv VAE with a 2-D latent on three classes.
 
     One model per entry of ``betas`` (a DVC matrix stage each); the other keys are shared by
-    every beta. ``batch_size`` is 256, not seed 002's 128: with two threads on a shared 2-core
-    CPU it trained 1.5-2.3x faster per image (one thread: the same cost per image), for about
-    0.6 nats of test reconstruction at beta 0.1 (measured; README, "Beta sweep").
+    every beta. ``batch_size`` is 256, not seed 002's 128: it trains faster per image on a
+    small multi-threaded CPU, for a small cost in test reconstruction (measured in
+    docs/beta-sweep.md).
     """
     betas: tuple[NonNegative, ...] = Field((0.1, 0.5, 1.0), strict=False, min_length=1)
     epochs: int = Field(20, ge=1)

@@ -1,4 +1,7 @@
-"""Atomic file output: a stage killed mid-write never leaves a half-written file behind."""
+"""File output and the ``.npz`` arrays stages hand each other.
+
+Every write is atomic: a stage killed mid-write never leaves a half-written file behind.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +9,11 @@ import glob
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -76,3 +82,30 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """An uncompressed ``.npz`` (``np.load`` reads it; no pickles) whose bytes depend on the
+    arrays alone.
+
+    ``np.savez`` stamps the current time into each zip member, so equal arrays would give new
+    bytes on every run and DVC would rerun every stage below; a fixed stamp avoids that.
+    """
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def read_npz(path: str | Path, missing: str, error: type[Exception] = ValueError
+             ) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles). A missing file raises ``error`` with
+    ``missing`` (what to run); an unreadable one raises ``error`` naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise error(f"{path}: not found; {missing}") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:  # np.load on a corrupt file
+        raise error(f"{path}: not a readable .npz file ({exc})") from None

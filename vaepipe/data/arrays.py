@@ -1,26 +1,17 @@
 """The processed split files: uint8 images and int64 labels in byte-stable ``.npz`` files."""
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from vaepipe.data.catalog import DATASETS, SPLITS, DataFormatError
-from vaepipe.io import atomic_path
+from vaepipe.io import read_npz, write_npz
 
 
 def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """An uncompressed .npz (what np.load reads) whose bytes depend on the arrays alone.
-
-    np.savez stamps the current time into each zip member, so equal arrays would give new
-    bytes on every run and DVC would rerun every stage below split; a fixed stamp avoids that.
-    """
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for key, arr in (("images", images), ("labels", labels)):
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+    """One split file: ``images`` and ``labels`` in a byte-stable ``.npz``."""
+    write_npz(path, {"images": images, "labels": labels})
 
 
 def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -33,13 +24,7 @@ def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray
     if name not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
     path = Path(directory) / f"{name}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: not found; run `dvc repro split` first") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:  # np.load on a corrupt file
-        raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = read_npz(path, "run `dvc repro split` first", DataFormatError)
     if set(arrays) != {"images", "labels"}:
         raise DataFormatError(f"{path}: expected arrays 'images' and 'labels', found "
                               f"{', '.join(sorted(arrays)) or 'none'}")

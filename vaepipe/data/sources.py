@@ -27,25 +27,23 @@ exists for the test-suite and is not meant for real runs.
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import http.client
 import json
 import logging
 import os
 import shutil
-import socket
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Mapping, Sequence
+from typing import IO, Mapping, Sequence
 
 from vaepipe.data.catalog import (CIFAR_DIR, CIFAR_FILES, CIFAR_META, IDX_FILES, NUM_CLASSES,
                                   DataError, DataFormatError, DataSourceError, DatasetSpec,
                                   get_spec)
+from vaepipe.data.download import (Expectations, RawItem, Unavailable, download_archives,
+                                   tar_items)
 from vaepipe.data.formats import check_labels, read_cifar_batch, read_cifar_meta, read_idx
 
 logger = logging.getLogger(__name__)
@@ -53,38 +51,11 @@ logger = logging.getLogger(__name__)
 EXPECTED_MD5_ENV = "VAEPIPE_EXPECTED_MD5"
 
 
-class _Unavailable(Exception):
-    """A source that is simply not there (missing directory, no dataset files in it)."""
-
-
 # --------------------------------------------------------------------------------------------
 # Fetching
 
 
-@dataclass(frozen=True)
-class _Item:
-    """One raw file to produce: from a plain file, a .gz file, or a member of a tar archive."""
-
-    name: str  # the raw file's name in dest
-    path: Path  # the local file holding it (the plain file, the .gz or the tar archive)
-    how: str  # "copy", "gunzip" or "tar"
-    source: str  # how messages name ``path``: a local path or the URL it was downloaded from
-    member: str = ""  # for "tar": the member's name in the archive
-
-    @property
-    def shown(self) -> str:
-        """How messages name this file."""
-        return f"{self.source}[{self.member}]" if self.member else self.source
-
-
-@dataclass(frozen=True)
-class _Expectations:
-    raw_md5: Mapping[str, str] | None
-    archive_md5: Mapping[str, str]
-    official_counts: bool
-
-
-def _expectations(spec: DatasetSpec, expected_md5: Mapping[str, str] | None) -> _Expectations:
+def _expectations(spec: DatasetSpec, expected_md5: Mapping[str, str] | None) -> Expectations:
     """The md5 tables and count policy in force: pinned, or the test hook's table."""
     origin = "the expected_md5 argument"
     if expected_md5 is None and os.environ.get(EXPECTED_MD5_ENV):
@@ -97,11 +68,11 @@ def _expectations(spec: DatasetSpec, expected_md5: Mapping[str, str] | None) -> 
         if not isinstance(expected_md5, dict):
             raise DataError(f"{EXPECTED_MD5_ENV}={origin}: expected a JSON object of name: md5")
     if expected_md5 is None:
-        return _Expectations(spec.raw_md5, spec.archives, official_counts=True)
+        return Expectations(spec.raw_md5, spec.archives, official_counts=True)
     missing = [n for n in spec.raw_files if n not in expected_md5]
     if missing:
         raise DataError(f"{origin} has no md5 for {', '.join(missing)}")
-    return _Expectations(
+    return Expectations(
         raw_md5={n: expected_md5[n] for n in spec.raw_files},
         archive_md5={a: expected_md5[a] for a in spec.archives if a in expected_md5},
         official_counts=False)
@@ -113,20 +84,15 @@ def _expected_names(spec: DatasetSpec) -> str:
     return f"{next(iter(spec.archives))} or {', '.join(spec.raw_files)}"
 
 
-def _tar_items(archive: Path, source: str, names: Sequence[str]) -> list[_Item]:
-    """Items for raw files ``names`` held in the CIFAR-10 tarball ``archive``."""
-    return [_Item(n, archive, "tar", source, member=f"{CIFAR_DIR}/{n}") for n in names]
-
-
-def _plan_local(spec: DatasetSpec, src: Path) -> list[_Item]:
+def _plan_local(spec: DatasetSpec, src: Path) -> list[RawItem]:
     """Find each raw file in directory ``src``, decompressed or archived.
 
-    Raises :class:`_Unavailable` when the directory or every dataset file is absent, and
+    Raises :class:`Unavailable` when the directory or every dataset file is absent, and
     :class:`DataFormatError` when only some are there.
     """
     if not src.is_dir():
-        raise _Unavailable("directory does not exist" if not src.exists() else "not a directory")
-    items: list[_Item] = []
+        raise Unavailable("directory does not exist" if not src.exists() else "not a directory")
+    items: list[RawItem] = []
     from_tar: list[str] = []
     missing: list[str] = []
     tarball = src / next(iter(spec.archives))
@@ -134,19 +100,19 @@ def _plan_local(spec: DatasetSpec, src: Path) -> list[_Item]:
         plain = [src / name] + ([src / CIFAR_DIR / name] if spec.format == "cifar" else [])
         found = next((p for p in plain if p.is_file()), None)
         if found is not None:
-            items.append(_Item(name, found, "copy", str(found)))
+            items.append(RawItem(name, found, "copy", str(found)))
         elif spec.format == "idx" and (src / f"{name}.gz").is_file():
-            items.append(_Item(name, src / f"{name}.gz", "gunzip", str(src / f"{name}.gz")))
+            items.append(RawItem(name, src / f"{name}.gz", "gunzip", str(src / f"{name}.gz")))
         elif spec.format == "cifar" and tarball.is_file():
             from_tar.append(name)
         else:
             missing.append(name)
     if len(missing) == len(spec.raw_files):
-        raise _Unavailable(f"no {spec.name} files in it (looked for {_expected_names(spec)})")
+        raise Unavailable(f"no {spec.name} files in it (looked for {_expected_names(spec)})")
     if missing:
         archived = "" if spec.format == "cifar" else " (or .gz)"
         raise DataFormatError(f"{src} is incomplete: missing {', '.join(missing)}{archived}")
-    return items + _tar_items(tarball, str(tarball), from_tar)
+    return items + tar_items(tarball, str(tarball), from_tar)
 
 
 def _copy_hashing(src: IO[bytes], dst: Path) -> str:
@@ -159,13 +125,13 @@ def _copy_hashing(src: IO[bytes], dst: Path) -> str:
     return md5.hexdigest()
 
 
-def _materialize(items: Sequence[_Item], out_dir: Path) -> dict[str, str]:
+def _materialize(items: Sequence[RawItem], out_dir: Path) -> dict[str, str]:
     """Write every item's decompressed content into ``out_dir``; return name -> md5.
 
     Unreadable sources raise :class:`DataFormatError` naming the file (e.g. a truncated gzip).
     """
     md5s: dict[str, str] = {}
-    tar_items: dict[Path, list[_Item]] = {}
+    tar_items: dict[Path, list[RawItem]] = {}
     for item in items:
         if item.how == "tar":
             tar_items.setdefault(item.path, []).append(item)
@@ -185,7 +151,7 @@ def _materialize(items: Sequence[_Item], out_dir: Path) -> dict[str, str]:
     return md5s
 
 
-def _extract_members(wanted: Sequence[_Item], out_dir: Path) -> dict[str, str]:
+def _extract_members(wanted: Sequence[RawItem], out_dir: Path) -> dict[str, str]:
     """Extract the expected regular-file members of one tar archive, in a single pass.
 
     Members are looked up by exact name and written under the raw file's name, so an archive
@@ -215,8 +181,8 @@ def _extract_members(wanted: Sequence[_Item], out_dir: Path) -> dict[str, str]:
     return md5s
 
 
-def _verify(spec: DatasetSpec, items: Sequence[_Item], out_dir: Path, md5s: Mapping[str, str],
-            expect: _Expectations) -> None:
+def _verify(spec: DatasetSpec, items: Sequence[RawItem], out_dir: Path, md5s: Mapping[str, str],
+            expect: Expectations) -> None:
     """Check each staged raw file's md5 and structure; errors name the source file."""
     for item in items:
         want = expect.raw_md5.get(item.name) if expect.raw_md5 is not None else None
@@ -262,50 +228,6 @@ def _verify_cifar(spec: DatasetSpec, out_dir: Path, shown: Mapping[str, str],
     if len(names) != NUM_CLASSES:
         raise DataFormatError(f"{shown[CIFAR_META]}: {len(names)} label names, expected "
                               f"{NUM_CLASSES}")
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every socket operation: torchvision's downloader takes no timeout of its own, and
-    without one an unresponsive host could hang the stage forever."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _download(spec: DatasetSpec, base_url: str, download_dir: Path, expect: _Expectations,
-              timeout: float) -> list[_Item]:
-    """Download every upstream archive from ``base_url`` with torchvision's helpers.
-
-    An unreachable URL raises :class:`_Unavailable`, a download whose md5 differs from the
-    upstream archive's raises :class:`DataFormatError`; both name the URL.
-    """
-    # imported here: torchvision pulls in torch, which costs seconds at every stage start
-    from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
-
-    items: list[_Item] = []
-    for archive in spec.archives:
-        url = base_url.rstrip("/") + "/" + archive
-        md5 = expect.archive_md5.get(archive)
-        target = download_dir / archive
-        try:
-            with _socket_timeout(timeout):
-                download_url(url, str(download_dir), archive, md5=md5)
-        except RuntimeError as exc:  # download_url's "File not found or corrupted."
-            if md5 is not None and target.is_file() and not check_integrity(str(target), md5):
-                raise DataFormatError(f"{url}: md5 of the download is "
-                                      f"{calculate_md5(str(target))}, expected {md5}") from None
-            raise _Unavailable(f"{url}: {exc}") from None
-        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
-            raise _Unavailable(f"{url}: {exc}") from None
-        if spec.format == "idx":
-            items.append(_Item(archive[:-len(".gz")], target, "gunzip", url))
-        else:
-            items += _tar_items(target, url, spec.raw_files)
-    return items
 
 
 def _replace_dir(new: Path, dest: Path, parking: Path) -> None:
@@ -368,11 +290,11 @@ def fetch_raw(dataset: str, dest: str | Path, mirror: str | Path | None = None, 
             files.mkdir(parents=True)
             try:
                 if kind == "download from":
-                    items = _download(spec, where, attempt / "download", expect, timeout)
+                    items = download_archives(spec, where, attempt / "download", expect, timeout)
                 else:
                     items = _plan_local(spec, Path(where))
                 _verify(spec, items, files, _materialize(items, files), expect)
-            except _Unavailable as exc:
+            except Unavailable as exc:
                 tried.append(f"{kind} {where}: {exc}")
                 logger.info("%s %s: %s", kind, where, exc)
                 shutil.rmtree(attempt)

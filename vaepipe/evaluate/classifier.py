@@ -2,8 +2,8 @@
 
 Inception weights cannot be downloaded here, and an untrained network's features measure
 nothing (seed 002's "FID" of 0.00), so the evaluation uses the penultimate layer of a classifier
-trained on the same dataset. The loop follows :func:`vaepipe.training.fit`: uint8 arrays sit on
-the device, a seeded permutation shuffles them each epoch, slices become batches.
+trained on the same dataset. The loop follows :func:`vaepipe.train.loop.fit`: uint8 arrays sit
+on the device, a seeded permutation shuffles them each epoch, slices become batches.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaepipe.config import check_batch_size
-from vaepipe.io import atomic_path
-from vaepipe.training import CheckpointError, TrainingDiverged, read_checkpoint, to_unit_float
+from vaepipe.models.batches import in_batches, inference, to_unit_float
+from vaepipe.train.checkpoints import load_checkpoint, save_checkpoint
+from vaepipe.train.loop import TrainingDiverged
 
-CLASSIFIER_FORMAT = 1
-EVAL_BATCH = 500  # inference batch: 1.35x faster than 1000 on a 2-core CPU (cache-sized)
+EVAL_BATCH = 500  # images per inference call: small enough to stay in the CPU caches
 
 
 class Classifier(nn.Module):
@@ -30,6 +30,8 @@ class Classifier(nn.Module):
     ``features(x)`` is the hidden layer after its ReLU, (B, ``features``): the space in which
     FID and precision/recall compare image sets.
     """
+
+    kind = "classifier"
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 10,
                  channels: tuple[int, ...] = (32, 64), features: int = 128):
@@ -50,8 +52,8 @@ class Classifier(nn.Module):
         self.body = nn.Sequential(*layers)
         self.hidden = nn.Sequential(nn.Linear(c * h * w, features), nn.ReLU())
         self.head = nn.Linear(features, num_classes)
-        # NHWC convolutions without layout reorders: a training step is 1.4x faster on a
-        # 2-core AVX2 CPU (bench/layouts.py), with the same values.
+        # NHWC convolutions without layout reorders: faster on the CPU (bench/layouts.py),
+        # with the same values
         self.to(memory_format=torch.channels_last)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +63,18 @@ class Classifier(nn.Module):
         return self.head(self.features(x))  # (B, num_classes) logits
 
 
-@torch.inference_mode()
 def predict(model: Classifier, images: torch.Tensor) -> torch.Tensor:
     """Class predictions (N,) for uint8 ``images`` (N, C, H, W); the model is left as it was."""
-    was_training = model.training
-    model.eval()
-    preds = [model(to_unit_float(images[i:i + EVAL_BATCH])).argmax(1)
-             for i in range(0, len(images), EVAL_BATCH)]
-    model.train(was_training)
-    return torch.cat(preds)
+    with inference(model):
+        return in_batches(lambda x: model(to_unit_float(x)).argmax(1), images, EVAL_BATCH)
+
+
+def features(model: Classifier, images: torch.Tensor, batch: int) -> np.ndarray:
+    """The penultimate features (N, F), float64, of float images in [0, 1] or uint8 ones."""
+    def run(x):
+        return model.features(to_unit_float(x) if x.dtype == torch.uint8 else x)
+    with inference(model):
+        return in_batches(run, images, batch).double().cpu().numpy()
 
 
 def accuracy(model: Classifier, images: np.ndarray | torch.Tensor,
@@ -89,7 +94,7 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     which would cost a tenth of the training time and choose nothing (the last epoch is
     kept). Seeded: the same arguments give the same weights on the CPU. A ``batch_size``
     larger than the training set raises :class:`vaepipe.config.ConfigError` before any work;
-    a non-finite loss raises :class:`vaepipe.training.TrainingDiverged`.
+    a non-finite loss raises :class:`vaepipe.train.loop.TrainingDiverged`.
     """
     n = len(train_images)
     check_batch_size("classifier.batch_size", batch_size, n)
@@ -99,7 +104,7 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     y_all = torch.as_tensor(train_labels).to(device)
     n_batches = math.ceil(n / batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    # per step, so a few epochs still end at a small learning rate (worth ~1 % test accuracy)
+    # per step, so a few epochs still end at a small learning rate
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches)
     gen = torch.Generator(device=device).manual_seed(seed)
     history = []
@@ -133,27 +138,12 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
 
 
 def save_classifier(path: str | Path, model: Classifier, meta: dict) -> None:
-    """A self-describing checkpoint (``torch.load(weights_only=True)``), written atomically."""
-    ckpt = {"format": CLASSIFIER_FORMAT, "kind": "classifier", "model_args": model.model_args,
-            "state_dict": model.state_dict(), **meta}
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        torch.save(ckpt, fh)  # a file object: the temporary name must not reach the bytes
+    """A self-describing checkpoint (:func:`vaepipe.train.checkpoints.save_checkpoint`)."""
+    save_checkpoint(path, model, meta)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[Classifier, dict]:
     """Rebuild the classifier from its checkpoint alone; ``(model in eval mode, checkpoint)``."""
-    ckpt = read_checkpoint(path, device, "not found; run `dvc repro train-classifier`")
-    if (not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_FORMAT
-            or ckpt.get("kind") != "classifier"):
-        raise CheckpointError(f"{path}: not a classifier checkpoint of format "
-                              f"{CLASSIFIER_FORMAT}; rerun `dvc repro train-classifier`")
-    try:
-        args = ckpt["model_args"]
-        model = Classifier(tuple(args["image_shape"]), args["num_classes"],
-                           tuple(args["channels"]), args["features"])
-        model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: cannot rebuild the classifier ({reason})") from None
-    return model.to(device).eval(), ckpt
+    return load_checkpoint(path, device, {Classifier.kind: Classifier},
+                           missing="not found; run `dvc repro train-classifier`")

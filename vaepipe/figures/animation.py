@@ -1,6 +1,7 @@
 """Latent-evolution GIFs, drawn after training from arrays recorded during it.
 
-Training only stores each frame's latent means and reconstructions (:class:`Frame`); this
+Training only stores each frame's latent means and reconstructions
+(:class:`vaepipe.sweep.frames.Frame`); this
 module turns them into pictures on a matplotlib Agg canvas and writes the GIF with Pillow,
 so no plotting happens on the training hot path. Every frame is drawn into the same figure
 with the same axes limits, so what moves between frames is the latent space itself.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,18 +21,9 @@ from matplotlib.patches import Circle
 from PIL import Image
 
 from vaepipe.io import write_bytes
+from vaepipe.sweep.frames import Frame
 
 GAP = 2  # pixels between the strip's images
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One moment of training: after ``batch`` of ``epoch`` (both 0 before the first step)."""
-
-    epoch: int
-    batch: int
-    mu: np.ndarray     # (P, 2) latent means of the probe images
-    recon: np.ndarray  # (S, H, W) uint8 reconstructions of the strip images
 
 
 def frame_limits(frames: Sequence[Frame], quantile: float = 0.005,
@@ -116,7 +107,7 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
         side.set_visible(False)
 
     # Blitting: the static parts (axes, ticks, legend, circles) are drawn once; each frame
-    # restores them and draws only the animated artists, about 5x faster than a full draw.
+    # restores them and draws only the animated artists, much faster than a full draw.
     canvas.draw()
     background = canvas.copy_from_bbox(fig.bbox)
     rgbs, record = [], {"xlim": list(xlim), "ylim": list(ylim), "frames": []}

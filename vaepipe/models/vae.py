@@ -1,26 +1,30 @@
 """VAE models behind one small interface, and a registry that rebuilds them from checkpoints.
 
 Every model maps images (B, C, H, W) in [0, 1] to a diagonal Gaussian posterior and decodes
-latents back to per-pixel *logits* (B, C, H, W); the likelihood in :mod:`vaepipe.objective`
-turns logits into a Bernoulli or Gaussian reconstruction term.
+latents back to per-pixel *logits* (B, C, H, W); the likelihood in
+:mod:`vaepipe.train.objective` turns logits into a Bernoulli or Gaussian reconstruction term.
+:data:`MODELS` is the one list of model kinds: stages, checkpoints and figures read it.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from torch import nn
 
 
-
 class VAE(nn.Module):
     """Base class: ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits``, ``forward``.
 
-    Subclasses set ``image_shape`` and ``latent_dim`` and implement ``encode`` / ``decode``;
-    ``model_args`` holds the constructor arguments, so a checkpoint can rebuild the model.
+    Subclasses set ``kind`` (the registry key, the params section and the models/ folder),
+    ``title`` (how figures and tables name it), ``image_shape`` and ``latent_dim``, and
+    implement ``encode`` / ``decode``; ``model_args`` holds the constructor arguments, so a
+    checkpoint can rebuild the model.
     """
 
     kind: str = ""
+    title: str = ""
     image_shape: tuple[int, int, int]
     latent_dim: int
     model_args: dict
@@ -47,7 +51,7 @@ class VAE(nn.Module):
 
 def _activation(name: str, negative_slope: float) -> nn.Module:
     # In place: the layer before (Linear) keeps its input, not its output, for the backward
-    # pass, so overwriting the output is safe and saves a tensor per layer (MLP step 1.03x).
+    # pass, so overwriting the output is safe and saves a tensor per layer.
     if name == "relu":
         return nn.ReLU(inplace=True)
     if name == "leaky_relu":
@@ -59,6 +63,7 @@ class MLPVAE(VAE):
     """Fully connected VAE: D -> hidden... -> (mu, logvar) in R^z -> reversed hidden -> D."""
 
     kind = "mlp"
+    title = "MLP VAE"
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 32,
                  hidden: tuple[int, ...] = (512, 256), activation: str = "leaky_relu",
@@ -111,6 +116,7 @@ class ConvVAE(VAE):
     """
 
     kind = "conv"
+    title = "Conv VAE"
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 16,
                  channels: tuple[int, ...] = (32, 64)):
@@ -149,7 +155,7 @@ class ConvVAE(VAE):
             prev = c_out
         self.decoder = nn.Sequential(*dec)
         # Channels-last weights make oneDNN run every convolution on NHWC activations with no
-        # layout reorders between layers: a training step is 1.2x faster on a 2-core AVX2 CPU
+        # layout reorders between layers, a faster training step on the CPU
         # (bench/layouts.py). The values are the same; only the memory order of the
         # 4-D tensors differs, and checkpoints load into either layout.
         self.to(memory_format=torch.channels_last)
@@ -162,26 +168,32 @@ class ConvVAE(VAE):
         return self.decoder(z)  # (B, C, H, W) logits
 
 
-MODELS: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE}
+MODELS: dict[str, type[VAE]] = {cls.kind: cls for cls in (MLPVAE, ConvVAE)}
+
+
+def model_title(kind: str) -> str:
+    """How figures and tables name model ``kind`` ("MLP VAE"); an unknown kind by its key."""
+    return MODELS[kind].title if kind in MODELS else kind
 
 
 def model_args(kind: str, section) -> dict:
-    """Constructor arguments (besides ``image_shape``) from a params section (mlp / conv)."""
-    if kind == "mlp":
-        return {"latent_dim": section.latent_dim, "hidden": section.hidden,
-                "activation": section.activation, "negative_slope": section.negative_slope}
-    if kind == "conv":
-        return {"latent_dim": section.latent_dim, "channels": section.channels}
-    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+    """Constructor arguments (besides ``image_shape``) of model ``kind`` from its params section:
+    each argument of the class's ``__init__`` is read from the key of the same name."""
+    names = [p for p in inspect.signature(_model_class(kind)).parameters if p != "image_shape"]
+    return {name: getattr(section, name) for name in names}
+
+
+def _model_class(kind: str) -> type[VAE]:
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+    return MODELS[kind]
 
 
 def build_model(kind: str, **model_args) -> VAE:
     """Instantiate a registered model kind from its constructor arguments."""
-    if kind not in MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
-    if "image_shape" in model_args:
-        model_args = {**model_args, "image_shape": tuple(model_args["image_shape"])}
-    for key in ("hidden", "channels"):
-        if key in model_args:
-            model_args[key] = tuple(model_args[key])
-    return MODELS[kind](**model_args)
+    return construct(_model_class(kind), model_args)
+
+
+def construct(cls: type[nn.Module], model_args: dict) -> nn.Module:
+    """``cls(**model_args)``, lists turned into tuples (a checkpoint stores tuples as lists)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_args.items()})

@@ -2,7 +2,8 @@
 
 FID (Heusel et al. 2017), improved precision and recall (Kynkaanniemi et al. 2019), active
 units (Burda et al. 2015), the Bernoulli reconstruction floor, bits per dimension, seed 002's
-diversity, and the scikit-learn probes of a latent space.
+diversity, the scikit-learn probes of a latent space and the seeded subsets they run on. The
+evaluation, the beta sweep's table and the figures all call these.
 """
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ import torch
 from threadpoolctl import threadpool_limits
 
 # scikit-learn and scipy here work on small matrices: one BLAS thread is as fast, does not
-# fight torch's threads on a small machine (30x faster on a busy 2-core CPU), and makes the
-# results independent of the core count.
+# fight torch's threads on a small machine, and makes the results independent of the core
+# count.
+
+# Burda et al. (2016): a unit is active if its posterior mean varies over the data
+ACTIVE_THRESHOLD = 0.01
+
+
+def subsample(n: int, k: int, seed: int) -> np.ndarray:
+    """``min(k, n)`` distinct indices of ``range(n)``, seeded, in increasing order."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def bits_per_dim(nats_per_image: float, pixels: int) -> float:
@@ -38,13 +49,15 @@ def bce_floor(images: np.ndarray) -> float:
     return float(per_image.mean())
 
 
-def active_units(mu: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
-    """Burda et al.'s activity A_u = Cov_x(E_q[z_u]): the variance over images of each mean.
+def unit_activity(mu: np.ndarray) -> np.ndarray:
+    """Burda et al.'s activity A_u = Cov_x(E_q[z_u]): the variance over images of each
+    posterior mean, (N, Z) -> (Z,)."""
+    return np.asarray(mu, dtype=np.float64).var(axis=0)
 
-    ``mu`` is (N, Z); returns ``(count of A_u > threshold, A_u as a (Z,) array)``.
-    """
-    activity = np.asarray(mu, dtype=np.float64).var(axis=0)
-    return int((activity > threshold).sum()), activity
+
+def active_units(mu: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> np.ndarray:
+    """Boolean (Z,): the dimensions whose activity A_u exceeds ``threshold``."""
+    return unit_activity(mu) > threshold
 
 
 def kl_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -149,21 +162,25 @@ def diversity(images: torch.Tensor) -> float:
 
 def probe_accuracy(train_z: np.ndarray, train_y: np.ndarray, test_z: np.ndarray,
                    test_y: np.ndarray) -> float:
-    """Test accuracy of a logistic regression fit on standardised training latents."""
+    """Test accuracy of a multinomial logistic regression fit on standardised training points
+    (float64)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     with threadpool_limits(1, user_api="blas"):
-        probe.fit(train_z, train_y)
-        return float(probe.score(test_z, test_y))
+        probe.fit(np.asarray(train_z, np.float64), train_y)
+        return float(probe.score(np.asarray(test_z, np.float64), test_y))
 
 
-def silhouette(z: np.ndarray, labels: np.ndarray, sample_size: int, seed: int) -> float:
-    """Silhouette of latents grouped by class (Euclidean), on a seeded subset of ``sample_size``."""
+def silhouette(z: np.ndarray, labels: np.ndarray, sample_size: int | None = None,
+               seed: int = 0) -> float:
+    """Mean silhouette (Rousseeuw 1987) of points grouped by class, Euclidean, in [-1, 1]; on
+    a subset of ``sample_size`` drawn with ``seed`` when there are more points than that."""
     from sklearn.metrics import silhouette_score
 
-    size = sample_size if sample_size < len(z) else None
+    size = sample_size if sample_size is not None and sample_size < len(z) else None
     with threadpool_limits(1, user_api="blas"):
-        return float(silhouette_score(z, labels, sample_size=size, random_state=seed))
+        return float(silhouette_score(np.asarray(z, np.float64), labels, metric="euclidean",
+                                      sample_size=size, random_state=seed))

@@ -14,9 +14,12 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
 
 from vaepipe.config import Params, to_dict
+from vaepipe.models.vae import model_title
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,20 @@ class FigureEntry:
     group: str
     title: str
     caption: str
+    headline: bool = False  # shown at the top of the report, before the tables
 
 
 @dataclass(frozen=True)
 class RunInfo:
     """What was run, for the report's first table."""
 
-    revision: str
+    revision: str                                                   # the commit it started from
     dataset: str
     data_note: str = ""
     devices: Mapping[str, str] = field(default_factory=dict)        # model title -> device
     checkpoints: Mapping[str, str] = field(default_factory=dict)    # model title -> text
     changed_params: Sequence[tuple[str, Any, Any]] = ()             # (key, value, default)
+    changed_files: Sequence[str] | None = ()  # uncommitted inputs besides params.yaml; None: no git
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,18 +61,37 @@ def changed_params(params: Params) -> list[tuple[str, Any, Any]]:
     return [(key, given[key], default[key]) for key in given if given[key] != default[key]]
 
 
-def git_revision(cwd: str | Path = ".") -> str:
-    """The checked-out commit (short hash), noting uncommitted changes; 'unknown' without git."""
+def pipeline_outputs(lock: str | Path = "dvc.lock") -> set[str]:
+    """Every path the pipeline writes, as ``dvc.lock`` lists them (plus the lock itself)."""
+    try:
+        stages = (yaml.safe_load(Path(lock).read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        stages = {}
+    return {str(lock), *(out["path"] for stage in stages.values()
+                         for out in stage.get("outs", []))}
+
+
+def git_revision(cwd: str | Path = ".", outputs: Iterable[str] = ()
+                 ) -> tuple[str, list[str] | None]:
+    """``(the checked-out commit, short hash, or 'unknown ...' without git; the tracked files
+    changed since it)``, leaving out params.yaml (its changes are listed as params) and
+    ``outputs``, files or directories the pipeline itself writes while it runs (the metrics,
+    figures and ``dvc.lock``), so a fresh ``dvc repro`` of a clean clone reports no change."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
+                              check=True, timeout=30).stdout
     try:
-        rev = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        rev = git("rev-parse", "--short=12", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no", "--no-renames")
     except (OSError, subprocess.SubprocessError):
-        return "unknown (no git commit here)"
-    return f"`{rev}`" + (" with uncommitted changes (an experiment or work in progress)"
-                         if dirty else "")
+        return "unknown (no git commit here)", None
+    produced = {o.rstrip("/") for o in outputs} | {"params.yaml"}
+
+    def written_by_the_run(path: str) -> bool:
+        return any(path == o or path.startswith(o + "/") for o in produced)
+
+    changed = [line[3:] for line in status.splitlines() if line[3:]]
+    return f"`{rev}`", sorted(p for p in changed if not written_by_the_run(p))
 
 
 def _fmt(value: Any) -> str:
@@ -78,36 +102,88 @@ def _relative(path: Path, report_dir: Path) -> str:
     return Path(os.path.relpath(path, report_dir)).as_posix()
 
 
+# The headline numbers of the report's first table: (evaluate.json key, header, format)
+HEADLINE = (("nelbo", "test NELBO (nats)", ".2f"), ("iwae_nll", "IWAE bound (nats)", ".2f"),
+            ("bpd", "bits/dim (seed 000)", ".4f"), ("fid", "FID", ".1f"),
+            ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+            ("active_units", "active units", "d"), ("probe_accuracy", "probe accuracy", ".3f"))
+HEADLINE_CHECKPOINTS = ("epoch_01", "best")
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "–"
+
+
+def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """One row per model and checkpoint (epoch 1, best) of ``reports/evaluate.json``."""
+    lines = ["| model | checkpoint | " + " | ".join(h for _, h, _ in HEADLINE) + " |",
+             "|---|---|" + "---:|" * len(HEADLINE)]
+    for kind, by_ckpt in results.items():
+        for ckpt in HEADLINE_CHECKPOINTS:
+            if ckpt in by_ckpt:
+                m = by_ckpt[ckpt]
+                lines.append(f"| {model_title(kind)} | `{ckpt}` | "
+                             + " | ".join(_cell(m.get(k), f) for k, _, f in HEADLINE) + " |")
+    return lines
+
+
+def _what_was_run(info: RunInfo) -> list[str]:
+    if info.changed_files is None:
+        changes = "unknown (no git here)"
+    elif info.changed_files:
+        changes = ", ".join(f"`{p}`" for p in info.changed_files)
+    else:
+        changes = "none (params.yaml aside: below)"
+    lines = ["## What was run", "", "| what | value |", "|---|---|",
+             f"| started from commit | {info.revision} |",
+             f"| uncommitted changes to code or pipeline | {changes} |",
+             f"| dataset | {info.dataset}{': ' + info.data_note if info.data_note else ''} |"]
+    lines += [f"| device, {model} | {device} |" for model, device in info.devices.items()]
+    lines += [f"| checkpoints drawn, {model} | {text} |"
+              for model, text in info.checkpoints.items()]
+    if not info.changed_params:
+        lines.append("| params differing from the defaults | none: the seeds' recipes "
+                     "(`vaepipe/config.py`) |")
+        return lines
+    lines += [f"| params differing from the defaults | {len(info.changed_params)}, listed "
+              "below |", "", "| param | value | default |", "|---|---|---|"]
+    lines += [f"| `{k}` | {_fmt(v)} | {_fmt(d)} |" for k, v, d in info.changed_params]
+    return lines
+
+
+def _figure_lines(entry: FigureEntry, report_dir: Path) -> list[str]:
+    return ["", f"**{entry.title}.** {entry.caption}", "",
+            f"![{entry.title}]({_relative(entry.path, report_dir)})"]
+
+
 def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_dir: str | Path,
                    evaluation_md: str | None = None, sweep_md: str | None = None,
-                   sweep_gifs: Mapping[str, Path] | None = None) -> str:
+                   sweep_gifs: Mapping[str, Path] | None = None,
+                   results: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
     """The report as markdown; figures and GIFs are linked relative to ``report_dir``.
 
-    ``evaluation_md`` / ``sweep_md`` are embedded verbatim; None says they were not built.
-    ``sweep_gifs`` maps a beta (as text) to its latent-evolution GIF.
+    First what was run, then what a reader wants to see: the ``headline`` figures (samples and
+    reconstructions, epoch 1 beside best) and one table of ``results`` (``evaluate.json``'s
+    numbers); then the long tables (``evaluation_md`` / ``sweep_md``, embedded verbatim; None
+    says they were not built) and every other figure. ``sweep_gifs`` maps a beta (as text) to
+    its latent-evolution GIF.
     """
     report_dir = Path(report_dir)
     lines = [f"# VAE report: {info.dataset}", "",
-             "The page to read first: what was run, how well each model did, and every figure "
-             "of the seeds, the first epoch beside the best one. Written by the `visualize` "
-             "stage of `dvc repro` from the saved outputs of training, `evaluate` and the beta "
-             "sweep; `report.html` is the same page in one file that opens offline.", "",
-             "## What was run", "", "| what | value |", "|---|---|",
-             f"| git revision | {info.revision} |",
-             f"| dataset | {info.dataset}{': ' + info.data_note if info.data_note else ''} |"]
-    for model, device in info.devices.items():
-        lines.append(f"| device, {model} | {device} |")
-    for model, text in info.checkpoints.items():
-        lines.append(f"| checkpoints drawn, {model} | {text} |")
-    if info.changed_params:
-        lines.append(f"| params differing from the defaults | {len(info.changed_params)}, "
-                     "listed below |")
-    else:
-        lines.append("| params differing from the defaults | none: the seeds' recipes "
-                     "(`vaepipe/config.py`) |")
-    if info.changed_params:
-        lines += ["", "| param | value | default |", "|---|---|---|"]
-        lines += [f"| `{k}` | {_fmt(v)} | {_fmt(d)} |" for k, v, d in info.changed_params]
+             "The page to read first: what was run, what the models draw and how well they "
+             "score, then every table and every figure of the seeds, the first epoch beside the "
+             "best one. Written by the `visualize` stage of `dvc repro` from the saved outputs "
+             "of training, `evaluate` and the beta sweep; `report.html` is the same page in one "
+             "file that opens offline.", ""]
+    lines += _what_was_run(info)
+
+    lines += ["", "## At a glance", "",
+              "Each model after its first epoch and at its best validation loss, on the test set "
+              "(details and how each number is computed: Evaluation, below)."]
+    if results:
+        lines += [""] + results_table(results)
+    for entry in (e for e in figure_entries if e.headline):
+        lines += _figure_lines(entry, report_dir)
 
     lines += ["", "## Evaluation", ""]
     lines.append(evaluation_md.strip() if evaluation_md is not None else
@@ -127,16 +203,15 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
                                     for b, p in sweep_gifs.items()) + " |"]
 
     lines += ["", "## Figures", "",
-              "Every figure the `visualize` stage drew, with one line on what it shows. "
+              "Every other figure the `visualize` stage drew, with one line on what it shows. "
               "Where two panels or rows are labelled *epoch 1* and *best*, they are the same "
               "model after its first epoch and at its best validation loss."]
     group = None
-    for entry in figure_entries:
+    for entry in (e for e in figure_entries if not e.headline):
         if entry.group != group:
             group = entry.group
             lines += ["", f"### {group}"]
-        lines += ["", f"**{entry.title}.** {entry.caption}", "",
-                  f"![{entry.title}]({_relative(entry.path, report_dir)})"]
+        lines += _figure_lines(entry, report_dir)
     return "\n".join(lines) + "\n"
 
 

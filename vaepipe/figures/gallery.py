@@ -4,7 +4,7 @@ For each model it compares the first epoch's checkpoint with the best one, as se
 drawing from what ``evaluate`` saved per checkpoint (``data/evaluate/<model>/<checkpoint>.npz``:
 test-set posterior means and log-variances, prior samples, reconstructions, frozen-latent
 samples) and decoding only the latent walks (interpolation, traversals), which nothing saved.
-Every function returns :class:`~vaepipe.report.FigureEntry` records that the report lists.
+Every function returns :class:`~vaepipe.figures.report.FigureEntry` records that the report lists.
 """
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from vaepipe import figures, latent
 from vaepipe.config import VisualizeConfig
-from vaepipe.models import VAE
-from vaepipe.report import FigureEntry
+from vaepipe.evaluate.measures import ACTIVE_THRESHOLD, active_units, kl_per_dim, subsample
+from vaepipe.figures import grids, latent, plots
+from vaepipe.figures.report import FigureEntry
+from vaepipe.io import read_npz
+from vaepipe.models.vae import VAE, model_title
 
 COMPARED = ("epoch_01", "best")   # the checkpoints seed 000 draws side by side
-MODEL_TITLES = {"mlp": "MLP VAE", "conv": "Conv VAE"}
 # what evaluate saves per checkpoint: key -> (dtype, number of dimensions)
 EVALUATION_KEYS = {"mu": ("float32", 2), "logvar": ("float32", 2), "labels": ("int64", 1),
                    "samples": ("float32", 4), "recon_index": ("int64", 1),
@@ -38,13 +39,7 @@ class InputError(ValueError):
 def load_evaluation(path: str | Path, test_labels: np.ndarray) -> dict[str, np.ndarray]:
     """Read one ``evaluate`` output and check it against the contract and the test split."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found; run `dvc repro evaluate` first") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = read_npz(path, "run `dvc repro evaluate` first", InputError)
     missing = sorted(set(EVALUATION_KEYS) - set(arrays))
     if missing:
         raise InputError(f"{path}: missing arrays {', '.join(missing)}")
@@ -84,7 +79,7 @@ class ModelRun:
 
     @property
     def title(self) -> str:
-        return MODEL_TITLES.get(self.name, f"{self.name} VAE")
+        return model_title(self.name)
 
     def label(self, checkpoint: str) -> str:
         epoch = self.epochs.get(checkpoint)
@@ -101,8 +96,10 @@ def _metric(run: ModelRun, key: str, fmt: str = ".1f") -> str:
     return " -> ".join(format(v, fmt) for v in values)
 
 
-def _entry(path: Path, group: str, title: str, caption: str) -> FigureEntry:
-    return FigureEntry(path=path, group=group, title=title, caption=caption)
+def _entry(path: Path, group: str, title: str, caption: str, headline: bool = False
+           ) -> FigureEntry:
+    return FigureEntry(path=path, group=group, title=f"{group}: {title}" if headline else title,
+                       caption=caption, headline=headline)
 
 
 def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
@@ -134,13 +131,13 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         for c, i in zip(COMPARED, idx):
             rows[f"input ({labels[c]})"] = test_float[i]
             rows[labels[c]] = ev[c]["recon"]
-    figures.reconstructions(rows, path, f"{title}: test images and their reconstructions")
+    grids.reconstructions(rows, path, f"{title}: test images and their reconstructions")
     recon = _metric(run, "recon")
     drawn.append(_entry(path, group, "Reconstructions",
                         f"Top row: {len(idx[0])} test images; below, each checkpoint's "
                         f"reconstruction of them as `evaluate` saved it, {versus}"
                         + (f"; test reconstruction term {recon} nats per image." if recon
-                           else ".")))
+                           else "."), headline=True))
 
     # -- prior samples
     samples = {labels[c]: ev[c]["samples"] for c in COMPARED}
@@ -149,12 +146,12 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
     sides = (4, 8, 10) if m == "mlp" else (4, 8)
     for side in sides:
         path = out / f"{m}_samples_{side}x{side}.png"
-        figures.sample_grids(samples, side, path,
+        grids.sample_grids(samples, side, path,
                              f"{title}: decoded prior samples z ~ N(0, I), {side}x{side}")
         note = " (seed 004's 10x10 grid)" if side == 10 else ""
         drawn.append(_entry(path, group, f"Prior samples {side}x{side}",
                             f"{side * side} images decoded from z ~ N(0, I){note}, {versus}."
-                            + fid_text))
+                            + fid_text, headline=side == 8))
 
     # -- latent scatter: PCA (fit on all test means) of a subsample; t-SNE of it at the end
     n_test = len(test_labels)
@@ -167,7 +164,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
                    f"variance ({100 * explained[0]:.1f}% + {100 * explained[1]:.1f}%)"] = coords
     z_dim = ev["best"]["mu"].shape[1]
     path = out / f"{m}_latent_pca.png"
-    figures.latent_scatter(pca_panels, test_labels[keep], class_names, path,
+    plots.latent_scatter(pca_panels, test_labels[keep], class_names, path,
                            f"{title}: PCA of the test latent means ({len(keep)} of {n_test} "
                            f"images, z{z_dim})", "PC")
     share = " -> ".join(f"{100 * shares[c].sum():.1f}%" for c in COMPARED)
@@ -187,24 +184,24 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         rows[labels[c]] = latent.decode_images(run.decoders[c], z)
     names = (class_names[test_labels[a]], class_names[test_labels[b]])
     path = out / f"{m}_interpolation.png"
-    figures.interpolation(rows, alphas, path, f"{title}: interpolation from {names[0]} "
+    grids.interpolation(rows, alphas, path, f"{title}: interpolation from {names[0]} "
                           f"(test #{a}) to {names[1]} (test #{b}), alpha 0 to 1")
     drawn.append(_entry(path, group, "Interpolation",
                         f"Decoded (1 - alpha) mu_a + alpha mu_b in {cfg.interpolation_steps} "
                         f"steps between the latent means of a {names[0]} and a {names[1]}."))
 
     # -- traversals around the first endpoint's mean
-    grids, row_labels = {}, {}
-    kls = {c: latent.kl_per_dimension(ev[c]["mu"], ev[c]["logvar"]) for c in COMPARED}
-    actives = {c: latent.active_units(ev[c]["mu"]) for c in COMPARED}
+    walks, row_labels = {}, {}
+    kls = {c: kl_per_dim(ev[c]["mu"], ev[c]["logvar"]) for c in COMPARED}
+    actives = {c: active_units(ev[c]["mu"]) for c in COMPARED}
     for c in COMPARED:
         values, z = latent.traversal_latents(ev[c]["mu"][a], cfg.traversal_span,
                                              cfg.traversal_steps)
-        grids[labels[c]] = latent.decode_images(run.decoders[c], z)
+        walks[labels[c]] = latent.decode_images(run.decoders[c], z)
         row_labels[labels[c]] = [f"z{d} KL {k:.2f}{'' if on else ' (off)'}"
                                  for d, (k, on) in enumerate(zip(kls[c], actives[c]))]
     path = out / f"{m}_traversal.png"
-    figures.traversals(grids, values, row_labels, path,
+    grids.traversals(walks, values, row_labels, path,
                        f"{title}: latent traversals around the mean of test #{a} "
                        f"({names[0]}), one row per dimension")
     drawn.append(_entry(path, group, "Latent traversals",
@@ -215,13 +212,13 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
 
     # -- KL per dimension, active units marked
     path = out / f"{m}_kl_per_dim.png"
-    figures.kl_per_dimension({labels[c]: (kls[c], actives[c]) for c in COMPARED}, path,
+    plots.kl_per_dimension({labels[c]: (kls[c], actives[c]) for c in COMPARED}, path,
                              f"{title}: KL per latent dimension on the test set",
-                             latent.ACTIVE_THRESHOLD)
+                             ACTIVE_THRESHOLD)
     counts = " -> ".join(f"{int(actives[c].sum())}/{z_dim}" for c in COMPARED)
     drawn.append(_entry(path, group, "KL per latent dimension",
                         f"Mean KL(q(z_u|x) || N(0, 1)) of each dimension over the test set; "
-                        f"active units (Var_x(mu_u) > {latent.ACTIVE_THRESHOLD:g}) {counts}."))
+                        f"active units (Var_x(mu_u) > {ACTIVE_THRESHOLD:g}) {counts}."))
 
     # -- the posterior at a glance (seed 004)
     panels = {}
@@ -230,7 +227,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         panels[labels[c]] = (ev[c]["mu"], sigma, z, actives[c])
     prior = np.random.default_rng(seed).standard_normal(20_000)
     path = out / f"{m}_posterior.png"
-    figures.posterior_histograms(panels, prior, path,
+    plots.posterior_histograms(panels, prior, path,
                                  f"{title}: encoder outputs over the test set and the prior")
     drawn.append(_entry(path, group, "Posterior at a glance",
                         "Histograms over all test images and latent dimensions of the encoder's "
@@ -240,7 +237,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
     # -- frozen latents (seed 002, section 9), best checkpoint
     best = ev["best"]
     path = out / f"{m}_frozen_latents.png"
-    figures.frozen_latents(best["frozen"], best["frozen_sigmas"].tolist(), path,
+    grids.frozen_latents(best["frozen"], best["frozen_sigmas"].tolist(), path,
                            f"{title}, {labels['best']}: samples with the latent frozen at "
                            f"mu = 0 and a fixed sigma")
     drawn.append(_entry(path, group, "Frozen latent parameters",
@@ -252,7 +249,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
     # -- loss curves
     if run.history is not None:
         path = out / f"{m}_loss_curves.png"
-        figures.loss_curves(run.history, path, f"{title}: loss per epoch (train: the epoch's "
+        plots.loss_curves(run.history, path, f"{title}: loss per epoch (train: the epoch's "
                             "KL weight; validation: the target weight)", run.best_epoch)
         drawn.append(_entry(path, group, "Loss curves",
                             "Total, reconstruction and KL per epoch on the training and "
@@ -263,7 +260,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         tsne = {c: (lambda c=c: latent.tsne_2d(ev[c]["mu"][keep], seed, cfg.tsne_perplexity,
                                                cfg.tsne_iterations)) for c in COMPARED}
     path = out / f"{m}_latent_tsne.png"
-    figures.latent_scatter({labels[c]: tsne[c]() for c in COMPARED}, test_labels[keep],
+    plots.latent_scatter({labels[c]: tsne[c]() for c in COMPARED}, test_labels[keep],
                            class_names, path, f"{title}: t-SNE of the test latent means "
                            f"({len(keep)} images, perplexity {cfg.tsne_perplexity:g})", "t-SNE")
     sil = _metric(run, "silhouette", ".3f")
@@ -276,7 +273,7 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
 
 def scatter_indices(n_test: int, cfg: VisualizeConfig, seed: int) -> np.ndarray:
     """The test images whose latent means the PCA and t-SNE scatter plots draw."""
-    return latent.subsample(n_test, cfg.scatter_points, seed)
+    return subsample(n_test, cfg.scatter_points, seed)
 
 
 def draw_models(runs: Sequence[ModelRun], test_images: np.ndarray, test_labels: np.ndarray,
@@ -287,8 +284,8 @@ def draw_models(runs: Sequence[ModelRun], test_images: np.ndarray, test_labels: 
     ``workers`` defaults to the number of CPU cores, at most one per fit.
 
     scikit-learn's Barnes-Hut t-SNE is OpenMP-parallel inside one fit; on a 2-core machine
-    shared with other work its thread barriers made one fit 2.4x slower than a single thread
-    (3000 points: 63 s against 26 s). So each fit gets one OpenMP thread, and the four fits
+    shared with other work its thread barriers made one fit slower than a single thread
+    (bench/README.md). So each fit gets one OpenMP thread, and the four fits
     (two models, two checkpoints) run side by side in threads (the gradient releases the GIL)
     while the other figures are drawn. One thread per fit also keeps the result bit-identical
     whatever the machine's core count.
@@ -313,15 +310,15 @@ def draw_overview(histories: Mapping[str, Mapping[str, np.ndarray]], train_image
     out = Path(out_dir)
     drawn = []
     path = out / "training_images.png"
-    figures.class_examples(train_images.astype(np.float32) / 255.0, train_labels, class_names,
+    grids.class_examples(train_images.astype(np.float32) / 255.0, train_labels, class_names,
                            path, f"{dataset}: training images, one row per class")
     drawn.append(_entry(path, "Data and training", "Training images",
                         "Eight training images of each class with the class name "
                         "(seed 002's sanity check of the loaded data)."))
     if histories:
         path = out / "val_nelbo.png"
-        figures.validation_nelbo(
-            {MODEL_TITLES.get(m, m): (h["epoch"], h["val_nelbo"]) for m, h in histories.items()},
+        plots.validation_nelbo(
+            {model_title(m): (h["epoch"], h["val_nelbo"]) for m, h in histories.items()},
             path, "Validation NELBO per epoch")
         drawn.append(_entry(path, "Data and training", "Validation NELBO",
                             "Validation NELBO (KL weight 1) of both models per epoch."))

@@ -1,4 +1,4 @@
-"""What the figures show about a latent space: projections, per-dimension KL, latent walks.
+"""What the figures show about a latent space: projections, posterior samples, latent walks.
 
 Works on what ``evaluate`` saved (the test set's posterior means and log-variances) and on a
 model's decoder; nothing here re-encodes images. Seeded throughout: the same arrays and seed
@@ -10,29 +10,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from vaepipe.models import VAE
-
-# Burda et al. (2016): a unit is active if its posterior mean varies over the data, Var_x(mu_u)
-ACTIVE_THRESHOLD = 0.01
-
-
-def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """KL(q(z_u | x) || N(0, 1)) per latent dimension u, averaged over images: (N, Z) -> (Z,)."""
-    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
-    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
-
-
-def active_units(mu: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> np.ndarray:
-    """Boolean (Z,): dimensions whose posterior mean varies over images, Var_x(mu_u) > threshold."""
-    return np.asarray(mu, np.float64).var(axis=0) > threshold
-
-
-def subsample(n: int, k: int, seed: int) -> np.ndarray:
-    """``min(k, n)`` distinct indices of ``range(n)``, seeded, in increasing order."""
-    if k >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
-
+from vaepipe.models.batches import decode_mean
+from vaepipe.models.vae import VAE
 
 def pca_2d(x: np.ndarray, fit_on: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Project ``x`` (N, Z) on the first two principal components of ``fit_on`` (default x).
@@ -62,7 +41,7 @@ def tsne_2d(x: np.ndarray, seed: int, perplexity: float = 30.0, iterations: int 
     """t-SNE (scikit-learn, Barnes-Hut, PCA initialisation) of ``x`` (N, Z) to (N, 2).
 
     Runs on one thread: the result is then the same on every machine, and several fits can run
-    side by side instead (:func:`vaepipe.gallery.draw_models` explains why that is faster on a
+    side by side instead (:func:`vaepipe.figures.gallery.draw_models` explains why that is faster on a
     small shared CPU). The perplexity is capped below N / 3 so that small test sets still embed.
     """
     from sklearn.manifold import TSNE  # imported here: scikit-learn takes ~1 s to import
@@ -117,20 +96,9 @@ def traversal_latents(z0: np.ndarray, span: float, steps: int
     return values, z
 
 
-@torch.no_grad()
 def decode_images(model: VAE, z: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """Decode latents (..., Z) to mean images (..., C, H, W) in [0, 1] (sigmoid of the logits).
-
-    Both likelihoods use sigmoid(logits) as the pixel mean (:mod:`vaepipe.objective`).
-    """
+    """Decode latents (..., Z) to mean images (..., C, H, W) in [0, 1], as a NumPy array."""
     z = np.asarray(z, np.float32)
-    lead = z.shape[:-1]
     flat = torch.from_numpy(z.reshape(-1, z.shape[-1]))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [torch.sigmoid(model.decode(flat[i:i + batch].to(device))).cpu()
-           for i in range(0, len(flat), batch)]
-    model.train(was_training)
-    images = torch.cat(out).numpy()
-    return images.reshape(*lead, *images.shape[1:])
+    images = decode_mean(model, flat, batch).cpu().numpy()
+    return images.reshape(*z.shape[:-1], *images.shape[1:])

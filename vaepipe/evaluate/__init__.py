@@ -1,0 +1,1 @@
+"""The evaluate and train-classifier stages: measures, the evaluation, the feature classifier."""

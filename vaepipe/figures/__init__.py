@@ -1,0 +1,1 @@
+"""The visualize stage: figures, the drawing plan, GIFs, latent projections and the report."""

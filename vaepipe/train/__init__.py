@@ -1,0 +1,1 @@
+"""Training: the objective, the one training loop, checkpoints and the device."""
