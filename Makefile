@@ -11,7 +11,7 @@ RUN    := PATH="$(BIN):$$PATH"
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 FAST   := $(RUN) $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: env test-env repro test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
+.PHONY: env test-env repro quick test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
 
 env: $(VENV)/.installed
 
@@ -33,6 +33,22 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 
 repro: env
 	$(FAST) dvc repro
+
+# A first look: the whole pipeline with a few epochs, as a temporary DVC experiment named
+# "quick" (`dvc exp run --temp`): the workspace and its outputs stay as they are. Its report and
+# figures are then copied out of the experiment into quick/ (git-ignored); `dvc exp show`
+# lists its metrics beside the workspace's, `dvc exp remove quick` drops it.
+QUICK_PARAMS := -S mlp.epochs=2 -S mlp.warmup_epochs=1 -S conv.epochs=2 -S sweep.epochs=1 \
+	-S classifier.epochs=1 -S evaluate.samples=500 -S evaluate.iwae_images=50 \
+	-S visualize.scatter_points=500 -S visualize.tsne_iterations=250
+
+quick: env
+	$(RUN) dvc exp remove quick >/dev/null 2>&1 || true
+	$(FAST) dvc exp run --temp --name quick $(QUICK_PARAMS)
+	rm -rf quick && mkdir quick
+	ref=$$(git for-each-ref --format='%(refname)' refs/exps | grep '/quick$$' | head -n 1) && \
+		git archive "$$ref" reports | tar -x -C quick
+	@echo "quick: open quick/reports/report.md; the metrics: dvc exp show"
 
 test: test-env
 	$(RUN) python -m pytest -m "not slow"

@@ -1,4 +1,5 @@
 """params.yaml validation: every rejected case names the key, the value and what is allowed."""
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,17 @@ def test_exponent_without_dot_is_a_float(tmp_path):
     assert params.conv.lr == 0.2 and params.mlp.lr == 5e-4
     path.write_text("data:\n  mirror: 1e5x\n")
     assert load_params(path).data.mirror == "1e5x"  # not a number: stays a string
+
+
+def test_make_quick_overrides_are_valid_params_that_shorten_every_training():
+    makefile = (REPO_PARAMS.parent / "Makefile").read_text()
+    block = makefile.split("QUICK_PARAMS :=", 1)[1].split("\n\n", 1)[0]
+    overrides = dict(pair.split("=", 1) for pair in re.findall(r"-S (\S+)", block))
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        raw[section][name] = yaml.safe_load(value)
+    quick, full = parse_params(raw), load_params(REPO_PARAMS)
+    for section in ("mlp", "conv", "sweep", "classifier"):
+        assert getattr(quick, section).epochs < getattr(full, section).epochs
+    assert quick.mlp.warmup_epochs <= quick.mlp.epochs  # the warm-up still reaches beta
