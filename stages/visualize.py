@@ -24,7 +24,7 @@ from vaepipe.data.catalog import DataFormatError, get_spec
 from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models, draw_overview,
                                      load_evaluation)
 from vaepipe.figures.report import (RunInfo, build_markdown, changed_params, git_revision,
-                                    markdown_to_html, pipeline_outputs)
+                                    markdown_to_html, pipeline_files)
 from vaepipe.io import write_text
 from vaepipe.models.vae import MODELS, model_title
 from vaepipe.train.checkpoints import CheckpointError, load_checkpoint
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                            params.visualize, params.seed, args.figures)
 
     c, h, w = test_x.shape[1:]
-    revision, changed_files = git_revision(outputs=pipeline_outputs())
+    revision, changed_files = git_revision(inputs=pipeline_files()[0])
     info = RunInfo(
         revision=revision, changed_files=changed_files,
         dataset=spec.name,

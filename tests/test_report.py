@@ -15,7 +15,8 @@ import vizdata
 from vaepipe.config import parse_params
 from vaepipe.figures.gallery import InputError, load_evaluation
 from vaepipe.figures.report import (FigureEntry, RunInfo, build_markdown, changed_params,
-                                    figure_links, git_revision, markdown_to_html)
+                                    figure_links, git_revision, markdown_to_html,
+                                    pipeline_files)
 
 REPO = Path(__file__).resolve().parent.parent
 PER_MODEL = ["reconstructions", "samples_4x4", "samples_8x8", "latent_pca", "latent_tsne",
@@ -80,20 +81,29 @@ def test_git_revision_names_the_commit_and_changed_inputs_not_outputs(tmp_path):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
     git("init", "-q")
-    for name in ("code.py", "params.yaml", "dvc.lock", "reports/figures/a.png",
+    lock = {"stages": {"train": {"deps": [{"path": "code.py"}, {"path": "data/x"}],
+                                 "outs": [{"path": "reports/figures"},
+                                          {"path": "reports/evaluate.json"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    for name in ("code.py", "README.md", "params.yaml", "dvc.yaml", "reports/figures/a.png",
                  "reports/evaluate.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("v1")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
-    outputs = ["dvc.lock", "reports/figures", "reports/evaluate.json"]
-    rev, changed = git_revision(tmp_path, outputs)
+    inputs, outputs = pipeline_files(tmp_path / "dvc.lock")
+    assert inputs == {"dvc.yaml", "code.py", "data/x"}
+    assert {"reports/figures", "reports/evaluate.json"} <= outputs
+    rev, changed = git_revision(tmp_path, inputs)
     assert re.fullmatch(r"`[0-9a-f]{12}`", rev) and changed == []
-    for name in ("params.yaml", "dvc.lock", "reports/figures/a.png", "reports/evaluate.json"):
-        (tmp_path / name).write_text("v2")       # what a run (or `dvc exp run -S`) changes
-    assert git_revision(tmp_path, outputs) == (rev, [])
+    # what a run (or `dvc exp run -S`) rewrites, and files no stage reads
+    for name in ("params.yaml", "dvc.lock", "reports/figures/a.png", "reports/evaluate.json",
+                 "README.md"):
+        (tmp_path / name).write_text("v2")
+    assert git_revision(tmp_path, inputs) == (rev, [])
     (tmp_path / "code.py").write_text("v2")       # an edit to an input
-    assert git_revision(tmp_path, outputs) == (rev, ["code.py"])
+    (tmp_path / "dvc.yaml").write_text("v2")
+    assert git_revision(tmp_path, inputs) == (rev, ["code.py", "dvc.yaml"])
     assert git_revision(tmp_path / "nowhere")[1] is None
 
 

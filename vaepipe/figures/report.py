@@ -61,22 +61,25 @@ def changed_params(params: Params) -> list[tuple[str, Any, Any]]:
     return [(key, given[key], default[key]) for key in given if given[key] != default[key]]
 
 
-def pipeline_outputs(lock: str | Path = "dvc.lock") -> set[str]:
-    """Every path the pipeline writes, as ``dvc.lock`` lists them (plus the lock itself)."""
+def pipeline_files(lock: str | Path = "dvc.lock") -> tuple[set[str], set[str]]:
+    """``(inputs, outputs)`` of the pipeline as ``dvc.lock`` lists them: every stage's deps
+    (with dvc.yaml) and every path a stage writes (with the lock itself)."""
     try:
         stages = (yaml.safe_load(Path(lock).read_text()) or {}).get("stages", {})
     except (OSError, yaml.YAMLError):
         stages = {}
-    return {str(lock), *(out["path"] for stage in stages.values()
-                         for out in stage.get("outs", []))}
+    outputs = {str(lock), *(o["path"] for st in stages.values() for o in st.get("outs", []))}
+    inputs = {"dvc.yaml", *(d["path"] for st in stages.values() for d in st.get("deps", []))}
+    return inputs - outputs, outputs
 
 
-def git_revision(cwd: str | Path = ".", outputs: Iterable[str] = ()
+def git_revision(cwd: str | Path = ".", inputs: Iterable[str] | None = None
                  ) -> tuple[str, list[str] | None]:
-    """``(the checked-out commit, short hash, or 'unknown ...' without git; the tracked files
-    changed since it)``, leaving out params.yaml (its changes are listed as params) and
-    ``outputs``, files or directories the pipeline itself writes while it runs (the metrics,
-    figures and ``dvc.lock``), so a fresh ``dvc repro`` of a clean clone reports no change."""
+    """``(the checked-out commit as a short hash, or 'unknown ...' without git; the tracked
+    inputs changed since it)``. ``inputs`` are the files the run reads (None: every tracked
+    file); params.yaml never counts (its changes are listed as params), so a fresh
+    ``dvc repro`` of a clean clone, which rewrites its metrics, figures and ``dvc.lock``,
+    reports no change."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
                               check=True, timeout=30).stdout
@@ -85,13 +88,8 @@ def git_revision(cwd: str | Path = ".", outputs: Iterable[str] = ()
         status = git("status", "--porcelain", "--untracked-files=no", "--no-renames")
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git commit here)", None
-    produced = {o.rstrip("/") for o in outputs} | {"params.yaml"}
-
-    def written_by_the_run(path: str) -> bool:
-        return any(path == o or path.startswith(o + "/") for o in produced)
-
-    changed = [line[3:] for line in status.splitlines() if line[3:]]
-    return f"`{rev}`", sorted(p for p in changed if not written_by_the_run(p))
+    changed = {line[3:] for line in status.splitlines() if line[3:]} - {"params.yaml"}
+    return f"`{rev}`", sorted(changed if inputs is None else changed & set(inputs))
 
 
 def _fmt(value: Any) -> str:
