@@ -74,7 +74,10 @@ def test_report_shows_pictures_and_one_results_table_before_the_long_tables(buil
         f"{m}_{name}.png" for m in ("mlp", "conv") for name in ("reconstructions", "samples_8x8"))
     assert "| MLP VAE | `epoch_01` | 545.00 |" in glance and "| Conv VAE | `best` |" in glance
     assert vizdata.EVALUATION_MD.strip() in rest     # the per-checkpoint tables after them
-    assert "## What was run" in text.split("## At a glance")[0]
+    # the run named in one line above the pictures; its details below them
+    head = text.split("## At a glance")[0]
+    assert head.startswith("# VAE report: fashion-mnist\n\n**Made from** commit unknown")
+    assert "## What was run" in glance and "## What was run" not in head
 
 
 def test_git_revision_names_the_commit_and_changed_inputs_not_outputs(tmp_path):
@@ -269,8 +272,9 @@ def test_visualize_through_dvc_then_plots_show_and_diff_offline(dvc_project):
     report = (project.root / "reports/report.md").read_text()
     assert re.search(r"\| started from commit \| `[0-9a-f]{12}` \|", report)
     # the stage's own outputs and dvc.lock changed during the run: not changes to its inputs
-    assert "| uncommitted changes to code or pipeline | none (params.yaml aside: below) |" \
-        in report
+    assert "| uncommitted changes to the pipeline's inputs | none |" in report
+    assert "(no uncommitted change to the pipeline's inputs), with 1 param differing from the " \
+        "defaults: `visualize.tsne_iterations` = `250`." in report
 
     shown = project.dvc("plots", "show", "-o", "plots_out")
     page = (project.root / "plots_out/index.html").read_text()

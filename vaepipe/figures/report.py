@@ -125,16 +125,34 @@ def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> l
     return lines
 
 
-def _what_was_run(info: RunInfo) -> list[str]:
+def _changes(info: RunInfo) -> str:
     if info.changed_files is None:
-        changes = "unknown (no git here)"
-    elif info.changed_files:
-        changes = ", ".join(f"`{p}`" for p in info.changed_files)
+        return "unknown (no git here)"
+    return ", ".join(f"`{p}`" for p in info.changed_files) if info.changed_files else "none"
+
+
+def made_from(info: RunInfo) -> str:
+    """One line naming the run by what it was made from: the commit, any uncommitted change to
+    the pipeline's inputs, and the params that differ from the defaults."""
+    if info.changed_files:
+        commit = f"commit {info.revision} with uncommitted changes to {_changes(info)}"
+    elif info.changed_files is None:
+        commit = f"commit {info.revision}"
     else:
-        changes = "none (params.yaml aside: below)"
+        commit = f"commit {info.revision} (no uncommitted change to the pipeline's inputs)"
+    if info.changed_params:
+        params = ", ".join(f"`{k}` = {_fmt(v)}" for k, v, _ in info.changed_params)
+        n = len(info.changed_params)
+        params = f"{n} param{'s' if n > 1 else ''} differing from the defaults: {params}"
+    else:
+        params = "the default params (the seeds' recipes)"
+    return f"**Made from** {commit}, with {params}."
+
+
+def _what_was_run(info: RunInfo) -> list[str]:
     lines = ["## What was run", "", "| what | value |", "|---|---|",
              f"| started from commit | {info.revision} |",
-             f"| uncommitted changes to code or pipeline | {changes} |",
+             f"| uncommitted changes to the pipeline's inputs | {_changes(info)} |",
              f"| dataset | {info.dataset}{': ' + info.data_note if info.data_note else ''} |"]
     lines += [f"| device, {model} | {device} |" for model, device in info.devices.items()]
     lines += [f"| checkpoints drawn, {model} | {text} |"
@@ -160,28 +178,26 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
                    results: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
     """The report as markdown; figures and GIFs are linked relative to ``report_dir``.
 
-    First what was run, then what a reader wants to see: the ``headline`` figures (samples and
-    reconstructions, epoch 1 beside best) and one table of ``results`` (``evaluate.json``'s
-    numbers); then the long tables (``evaluation_md`` / ``sweep_md``, embedded verbatim; None
+    First one line on what the run was made from, then what a reader wants to see: the
+    ``headline`` figures (samples and reconstructions, epoch 1 beside best) and one table of
+    ``results`` (``evaluate.json``'s numbers); then what was run, the long tables (``evaluation_md`` / ``sweep_md``, embedded verbatim; None
     says they were not built) and every other figure. ``sweep_gifs`` maps a beta (as text) to
     its latent-evolution GIF.
     """
     report_dir = Path(report_dir)
-    lines = [f"# VAE report: {info.dataset}", "",
-             "The page to read first: what was run, what the models draw and how well they "
-             "score, then every table and every figure of the seeds, the first epoch beside the "
-             "best one. Written by the `visualize` stage of `dvc repro` from the saved outputs "
-             "of training, `evaluate` and the beta sweep; `report.html` is the same page in one "
-             "file that opens offline.", ""]
-    lines += _what_was_run(info)
-
-    lines += ["", "## At a glance", "",
-              "Each model after its first epoch and at its best validation loss, on the test set "
-              "(details and how each number is computed: Evaluation, below)."]
-    if results:
-        lines += [""] + results_table(results)
+    lines = [f"# VAE report: {info.dataset}", "", made_from(info), "",
+             "What the models draw and how well they score come first, then what was run, every "
+             "table and every figure of the seeds, the first epoch beside the best one. Written "
+             "by the `visualize` stage of `dvc repro` from the saved outputs of training, "
+             "`evaluate` and the beta sweep; `report.html` is the same page in one file that "
+             "opens offline.", "", "## At a glance", "",
+             "Each model after its first epoch and at its best validation loss, on the test set "
+             "(details and how each number is computed: Evaluation, below)."]
     for entry in (e for e in figure_entries if e.headline):
         lines += _figure_lines(entry, report_dir)
+    if results:
+        lines += [""] + results_table(results)
+    lines += [""] + _what_was_run(info)
 
     lines += ["", "## Evaluation", ""]
     lines.append(evaluation_md.strip() if evaluation_md is not None else
