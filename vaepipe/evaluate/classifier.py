@@ -69,7 +69,7 @@ def predict(model: Classifier, images: torch.Tensor) -> torch.Tensor:
         return in_batches(lambda x: model(to_unit_float(x)).argmax(1), images, EVAL_BATCH)
 
 
-def features(model: Classifier, images: torch.Tensor, batch: int) -> np.ndarray:
+def classifier_features(model: Classifier, images: torch.Tensor, batch: int) -> np.ndarray:
     """The penultimate features (N, F), float64, of float images in [0, 1] or uint8 ones."""
     def run(x):
         return model.features(to_unit_float(x) if x.dtype == torch.uint8 else x)

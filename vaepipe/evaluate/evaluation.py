@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vaepipe.config import EvaluateConfig, TrainConfig
-from vaepipe.evaluate.classifier import Classifier, features
+from vaepipe.evaluate.classifier import Classifier, classifier_features
 from vaepipe.evaluate.measures import (active_units, bce_floor, bits_per_dim, diversity,
                                        frechet_distance, gaussian_stats, kl_per_dim, knn_radii,
                                        precision_recall, probe_accuracy, silhouette, subsample,
@@ -152,9 +152,10 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
     iwae = _subset(len(test[0]), cfg.iwae_images, seed, SUBSET_IWAE)
     pr = _subset(len(test[0]), cfg.samples, seed, SUBSET_TEST)
     real = _subset(len(val[0]), cfg.samples, seed, SUBSET_VAL)
-    test_features = features(classifier, test_x, cfg.batch_size)
+    test_features = classifier_features(classifier, test_x, cfg.batch_size)
     test_stats = gaussian_stats(test_features)
-    val_features = features(classifier, torch.as_tensor(val[0][real]).to(device), cfg.batch_size)
+    val_features = classifier_features(classifier, torch.as_tensor(val[0][real]).to(device),
+                                       cfg.batch_size)
     precision, recall = precision_recall(test_features[pr], val_features, cfg.pr_neighbours)
     numbers = {
         "bce_floor_test": bce_floor(test[0]),
@@ -238,13 +239,13 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
 
     # reconstructions from the means of the test subset (as many images as a generated set)
     recon = decode_mean(model, mu[ref.subset.to(mu.device)], bs)
-    m["fid_recon"] = frechet_distance(*gaussian_stats(features(classifier, recon, bs)),
-                                      *ref.test_stats)
+    m["fid_recon"] = frechet_distance(
+        *gaussian_stats(classifier_features(classifier, recon, bs)), *ref.test_stats)
     lap("fid_recon")
 
     zdim = model.latent_dim
     prior = decode_mean(model, torch.randn((n, zdim), generator=_generator(seed, NOISE_PRIOR)), bs)
-    prior_features = features(classifier, prior, bs)
+    prior_features = classifier_features(classifier, prior, bs)
     m["fid"] = frechet_distance(*gaussian_stats(prior_features), *ref.test_stats)
     m["precision"], m["recall"] = precision_recall(ref.pr_real, prior_features, cfg.pr_neighbours,
                                                    real_radii=ref.pr_radii)
@@ -261,7 +262,7 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
         images = decode_mean(model, sigma * eps, bs)
         m[f"frozen_diversity_{frozen_key(sigma)}"] = diversity(images[:n_div])
         m[f"frozen_fid_{frozen_key(sigma)}"] = frechet_distance(
-            *gaussian_stats(features(classifier, images, bs)), *ref.test_stats)
+            *gaussian_stats(classifier_features(classifier, images, bs)), *ref.test_stats)
         frozen.append(images[:N_SAVED_FROZEN])
     lap("frozen")
 

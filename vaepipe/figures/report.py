@@ -180,9 +180,9 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
 
     First one line on what the run was made from, then what a reader wants to see: the
     ``headline`` figures (samples and reconstructions, epoch 1 beside best) and one table of
-    ``results`` (``evaluate.json``'s numbers); then what was run, the long tables (``evaluation_md`` / ``sweep_md``, embedded verbatim; None
-    says they were not built) and every other figure. ``sweep_gifs`` maps a beta (as text) to
-    its latent-evolution GIF.
+    ``results`` (``evaluate.json``'s numbers); then what was run, the long tables
+    (``evaluation_md`` / ``sweep_md``, embedded verbatim; None says they were not built) and
+    every other figure. ``sweep_gifs`` maps a beta (as text) to its latent-evolution GIF.
     """
     report_dir = Path(report_dir)
     lines = [f"# VAE report: {info.dataset}", "", made_from(info), "",
