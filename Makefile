@@ -35,9 +35,10 @@ repro: env
 	$(FAST) dvc repro
 
 # A first look: the whole pipeline with a few epochs, as a temporary DVC experiment named
-# "quick" (`dvc exp run --temp`): the workspace and its outputs stay as they are. Its report and
-# figures are then copied out of the experiment into quick/ (git-ignored); `dvc exp show`
-# lists its metrics beside the workspace's, `dvc exp remove quick` drops it.
+# "quick" (`dvc exp run --temp`): the workspace and its outputs stay as they are. Its reports/
+# (git-tracked in the experiment) and report.html (in the DVC cache) are then copied into quick/
+# (git-ignored); `dvc exp show` lists its metrics beside the workspace's, `dvc exp remove quick`
+# drops it.
 QUICK_PARAMS := -S mlp.epochs=2 -S mlp.warmup_epochs=1 -S conv.epochs=2 -S sweep.epochs=1 \
 	-S classifier.epochs=1 -S evaluate.samples=500 -S evaluate.iwae_images=50 \
 	-S visualize.scatter_points=500 -S visualize.tsne_iterations=250
@@ -47,8 +48,9 @@ quick: env
 	$(FAST) dvc exp run --temp --name quick $(QUICK_PARAMS)
 	rm -rf quick && mkdir quick
 	ref=$$(git for-each-ref --format='%(refname)' refs/exps | grep '/quick$$' | head -n 1) && \
-		git archive "$$ref" reports | tar -x -C quick
-	@echo "quick: open quick/reports/report.md; the metrics: dvc exp show"
+		git archive "$$ref" reports | tar -x -C quick && \
+		$(RUN) dvc get . reports/report.html --rev "$$ref" -o quick/reports/report.html
+	@echo "quick: open quick/reports/report.html (or report.md); its metrics: dvc exp show"
 
 test: test-env
 	$(RUN) python -m pytest -m "not slow"
