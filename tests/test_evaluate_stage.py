@@ -73,7 +73,7 @@ def test_classifier_and_evaluate_through_dvc(dvc_project):
     assert len(details["conv"]["best"]["kl_per_dim"]) == 3
     summary = (project.root / "reports/evaluation.md").read_text()
     assert summary.startswith("### ") and "# " not in summary.replace("### ", "")
-    for heading in ("### MLP VAE", "### Convolutional VAE", "### Frozen latents",
+    for heading in ("### MLP VAE", "### Conv VAE", "### Frozen latents",
                     "### How each number is computed"):
         assert heading in summary
     shown = project.dvc("metrics", "show").stdout
