@@ -18,8 +18,9 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.data.catalog import NUM_CLASSES
-from vaepipe.evaluate.classifier import Classifier, accuracy, save_classifier, train_classifier
+from vaepipe.evaluate.classifier import Classifier, accuracy, train_classifier
 from vaepipe.io import write_json
+from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, device_name, resolve_device
 from vaepipe.train.loop import TrainingDiverged
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
             "metrics": {k: v for k, v in metrics.items() if k.endswith("accuracy")},
             "params": {"seed": params.seed, "device": params.device,
                        "classifier": to_dict(cfg)}}
-    save_classifier(args.out, model, meta)
+    save_checkpoint(args.out, model, meta)
     write_json(args.metrics, metrics)
     print(f"classifier: test accuracy {metrics['test_accuracy']:.4f} after {cfg.epochs} epochs, "
           f"{seconds:.0f} s on {device}")

@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaepipe.evaluate.classifier import (Classifier, accuracy, load_classifier, save_classifier,
-                                         train_classifier)
-from vaepipe.train.checkpoints import CheckpointError
+from vaepipe.evaluate.classifier import Classifier, accuracy, load_classifier, train_classifier
+from vaepipe.train.checkpoints import CheckpointError, save_checkpoint
 
 
 def quadrant_data(n, seed=0):
@@ -52,7 +51,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     torch.manual_seed(0)
     model = Classifier((1, 8, 8), 4, (8,), 16).eval()
     path = tmp_path / "classifier.pt"
-    save_classifier(path, model, {"epochs": 3, "metrics": {"test_accuracy": 0.5}})
+    save_checkpoint(path, model, {"epochs": 3, "metrics": {"test_accuracy": 0.5}})
     raw = torch.load(path, weights_only=True)
     assert raw["kind"] == "classifier" and raw["model_args"]["features"] == 16
     loaded, ckpt = load_classifier(path)

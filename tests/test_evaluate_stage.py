@@ -143,8 +143,9 @@ def test_evaluate_stops_before_work_with_one_line(tmp_path, tiny_split, capsys, 
 
 
 def test_evaluate_names_a_missing_vae_checkpoint(tmp_path, tiny_split, capsys):
-    from vaepipe.evaluate.classifier import Classifier, save_classifier
-    save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
+    from vaepipe.evaluate.classifier import Classifier
+    from vaepipe.train.checkpoints import save_checkpoint
+    save_checkpoint(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
                     {"epochs": 1, "metrics": {}})
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     assert _stage("evaluate")(_evaluate_args(tmp_path, tiny_split)) == 2
@@ -197,12 +198,12 @@ def test_train_classifier_writes_its_contract(tmp_path, tiny_split):
 def test_evaluate_stage_in_process_writes_every_output(tmp_path, tiny_split):
     # the fast suite's check of the stage script (the DVC test above is marked slow)
     import torch
-    from vaepipe.evaluate.classifier import Classifier, save_classifier
+    from vaepipe.evaluate.classifier import Classifier
     from vaepipe.models.vae import build_model
     from vaepipe.train.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
-    save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
+    save_checkpoint(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
                     {"epochs": 1, "metrics": {"test_accuracy": 0.5}})
     for kind, args in (("mlp", {"hidden": (16,)}), ("conv", {"channels": (4, 8)})):
         model = build_model(kind, image_shape=(1, 28, 28), latent_dim=2, **args)

@@ -435,7 +435,7 @@ def test_evaluate_stage_names_a_mismatched_checkpoint(tmp_path, monkeypatch, cap
                                                       message):
     # load_checkpoint's own refusals are tested in test_training.py; here: the stage turns
     # them into one line and exit 2 before any work
-    from vaepipe.evaluate.classifier import Classifier, save_classifier
+    from vaepipe.evaluate.classifier import Classifier
     from vaepipe.models.vae import build_model
     from vaepipe.train.checkpoints import save_checkpoint
 
@@ -444,7 +444,7 @@ def test_evaluate_stage_names_a_mismatched_checkpoint(tmp_path, monkeypatch, cap
         save_arrays(tmp_path / f"data/{name}.npz",
                     rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
                     np.arange(n, dtype=np.int64) % 10)
-    save_classifier(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
+    save_checkpoint(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
                     {"epochs": 1, "metrics": {}})
     for kind, args in (("mlp", {"hidden": (8,)}), ("conv", {"channels": (4,)})):
         model = build_model(kind, image_shape=(1, 28, 28), latent_dim=2, **args)

@@ -60,8 +60,8 @@ def socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def download_archives(spec: DatasetSpec, base_url: str, download_dir: Path, expect: Expectations,
-              timeout: float) -> list[RawItem]:
+def download_archives(spec: DatasetSpec, base_url: str, download_dir: Path,
+                      expect: Expectations, timeout: float) -> list[RawItem]:
     """Download every upstream archive from ``base_url`` with torchvision's helpers.
 
     An unreachable URL raises :class:`Unavailable`, a download whose md5 differs from the

@@ -131,10 +131,10 @@ def _materialize(items: Sequence[RawItem], out_dir: Path) -> dict[str, str]:
     Unreadable sources raise :class:`DataFormatError` naming the file (e.g. a truncated gzip).
     """
     md5s: dict[str, str] = {}
-    tar_items: dict[Path, list[RawItem]] = {}
+    by_archive: dict[Path, list[RawItem]] = {}
     for item in items:
         if item.how == "tar":
-            tar_items.setdefault(item.path, []).append(item)
+            by_archive.setdefault(item.path, []).append(item)
             continue
         try:
             with (gzip.open(item.path, "rb") if item.how == "gunzip"
@@ -146,7 +146,7 @@ def _materialize(items: Sequence[RawItem], out_dir: Path) -> dict[str, str]:
             raise DataFormatError(f"{item.shown}: not a gzip file ({exc})") from None
         except zlib.error as exc:
             raise DataFormatError(f"{item.shown}: corrupt gzip data ({exc})") from None
-    for wanted in tar_items.values():
+    for wanted in by_archive.values():
         md5s.update(_extract_members(wanted, out_dir))
     return md5s
 

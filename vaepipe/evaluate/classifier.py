@@ -18,7 +18,7 @@ from torch import nn
 
 from vaepipe.config import check_batch_size
 from vaepipe.models.batches import in_batches, inference, to_unit_float
-from vaepipe.train.checkpoints import load_checkpoint, save_checkpoint
+from vaepipe.train.checkpoints import load_checkpoint
 from vaepipe.train.loop import TrainingDiverged
 
 EVAL_BATCH = 500  # images per inference call: small enough to stay in the CPU caches
@@ -135,11 +135,6 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
                 f"accuracy {row['train_accuracy']:.4f}, {seconds:.1f} s")
     model.eval()
     return history
-
-
-def save_classifier(path: str | Path, model: Classifier, meta: dict) -> None:
-    """A self-describing checkpoint (:func:`vaepipe.train.checkpoints.save_checkpoint`)."""
-    save_checkpoint(path, model, meta)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"
