@@ -11,7 +11,7 @@ RUN    := PATH="$(BIN):$$PATH"
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 FAST   := $(RUN) $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: env test-env repro quick test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
+.PHONY: env test-env repro quick replicates compare test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
 
 env: $(VENV)/.installed
 
@@ -51,6 +51,19 @@ quick: env
 		git archive "$$ref" reports | tar -x -C quick && \
 		$(RUN) dvc get . reports/report.html --rev "$$ref" -o quick/reports/report.html
 	@echo "quick: open quick/reports/report.html (or report.md); its metrics: dvc exp show"
+
+# Seed replicates of the workspace's params (the VAEs and their evaluation; the classifier and
+# the sweep have seeds of their own), run one at a time with a fixed thread count
+SEEDS ?= 1,2
+replicates: env
+	$(RUN) dvc exp run --queue -S seed=$(SEEDS)
+	VAEPIPE_THREADS=$(or $(VAEPIPE_THREADS),2) $(FAST) dvc queue start -j 1
+	@echo "replicates: queued; \`dvc queue status\` shows them, then \`make compare\`"
+
+# Groups the finished experiments by their params other than seed and says which differences
+# beat the seeds' noise; reads `dvc exp show --json` only
+compare: env
+	$(RUN) python -m vaepipe.compare --png reports/compare.png
 
 test: test-env
 	$(RUN) python -m pytest -m "not slow"

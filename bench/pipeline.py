@@ -125,7 +125,9 @@ def run_pipeline(project: Path, force: bool,
                  preload: str | None) -> tuple[dict[str, dict], float]:
     cmd = [str(Path(sys.executable).parent / "dvc"), "repro"] + (["-f"] if force else [])
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                                  os.environ.get("PATH", "")])}
+                                                  os.environ.get("PATH", "")]),
+           # the clone's own vaepipe, not the editable install of the working tree
+           "PYTHONPATH": str(project)}
     if preload:
         env["LD_PRELOAD"] = preload
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         return 2
 
     cfg = train_config(sweep)
-    torch.manual_seed(params.seed)
+    torch.manual_seed(sweep.seed)
     model = build_model(KIND, image_shape=tuple(train_x.shape[1:]), latent_dim=sweep.latent_dim,
                         channels=sweep.channels).to(device)
     test_t = torch.as_tensor(test_x).to(device)
@@ -72,22 +72,22 @@ def main(argv=None) -> int:
                              frame_steps(cfg.epochs * batches, sweep.gif_frames), batches)
     recorder.start(model)
     try:
-        result = fit(model, train_x, val_x, cfg, args.beta, params.seed, device,
-                     on_batch=recorder)
+        # the history after every epoch, for `dvc plots show` while the sweep runs
+        result = fit(model, train_x, val_x, cfg, args.beta, sweep.seed, device,
+                     on_batch=recorder, on_epoch=lambda done: write_history(args.history, done))
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
     metrics = {"beta": args.beta, "epochs": cfg.epochs,
-               **measure(model, cfg, args.beta, params.seed, torch.as_tensor(train_x).to(device),
+               **measure(model, cfg, args.beta, sweep.seed, torch.as_tensor(train_x).to(device),
                          train_y, test_t, test_y)}
-    meta = {"params": {"seed": params.seed, "device": params.device, "beta": args.beta,
+    meta = {"params": {"device": params.device, "beta": args.beta,
                        "data": {"dataset": params.data.dataset},
                        "sweep": {k: v for k, v in to_dict(sweep).items() if k != "betas"}}}
     # timings only in metrics.json: the same weights must give the same checkpoint bytes
     save_checkpoint(args.checkpoint, model, {"epoch": cfg.epochs, "metrics": metrics, **meta})
     metrics["train_seconds"] = result.train_seconds
-    write_history(args.history, result)
 
     start = time.perf_counter()
     class_names = [names[c] for c in sweep.classes]

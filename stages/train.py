@@ -49,14 +49,20 @@ def main(argv=None) -> int:
     data = {k: v for k, v in to_dict(params.data).items() if k != "mirror"}
     meta = {"params": {"seed": params.seed, "beta": params.beta, "device": params.device,
                        "data": data, args.model: to_dict(section)}}
+
+    def epoch_done(result) -> None:
+        # the epochs so far, each file replaced whole: `dvc plots show` and `dvc exp show`
+        # read a running experiment's progress from them
+        write_history(args.history, result)
+        write_json(args.metrics, summarize(result, device, model, partial=True))
+
     try:
         result = fit(model, train_x, val_x, section, params.beta, params.seed, device,
                      checkpoint_dir=args.checkpoints, meta=meta,
-                     dequantize=params.data.dequantize)
+                     dequantize=params.data.dequantize, on_epoch=epoch_done)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    write_history(args.history, result)
     write_json(args.metrics, summarize(result, device, model))
     print(f"{args.model}: best epoch {result.best_epoch}, validation NELBO "
           f"{result.best['val_nelbo']:.2f} nats, {result.train_seconds:.0f} s on {device}")

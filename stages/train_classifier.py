@@ -3,8 +3,8 @@
     python stages/train_classifier.py --data data/processed/fashion-mnist \
         --out models/classifier.pt --metrics reports/classifier.json
 
-Reads only ``seed``, ``device`` and ``classifier.*`` (never ``beta`` or a VAE's params), so an
-experiment on the VAEs reuses the cached classifier.
+Reads only ``device`` and ``classifier.*`` (never ``seed``, ``beta`` or a VAE's params), so an
+experiment on the VAEs, or a seed replicate of them, reuses the cached classifier.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
                           load_splits(args.data, "train", "val", "test")))
         cfg = params.classifier
         train_x, train_y = splits["train"]
-        torch.manual_seed(params.seed)  # the initial weights
+        torch.manual_seed(cfg.seed)  # the initial weights
         model = Classifier(tuple(train_x.shape[1:]), NUM_CLASSES, cfg.channels, cfg.features)
     except (ConfigError, DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     try:
         history = train_classifier(model, train_x, train_y, cfg.epochs, cfg.batch_size, cfg.lr,
-                                   cfg.weight_decay, params.seed, device)
+                                   cfg.weight_decay, cfg.seed, device)
     except ConfigError as exc:  # classifier.batch_size over the training set: before any step
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     untimed = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
     meta = {"epochs": cfg.epochs, "history": untimed,
             "metrics": {k: v for k, v in metrics.items() if k.endswith("accuracy")},
-            "params": {"seed": params.seed, "device": params.device,
+            "params": {"device": params.device,
                        "classifier": to_dict(cfg)}}
     save_checkpoint(args.out, model, meta)
     write_json(args.metrics, metrics)

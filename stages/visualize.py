@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     for name in ("data", "models", "evaluate", "evaluate-json", "evaluation-md", "sweep-md",
                  "sweep-dir", "train-reports", "figures", "report", "html"):
         ap.add_argument(f"--{name}", required=True, type=Path)
+    ap.add_argument("--noise", type=Path, help="the seeds' spread, from `make compare`")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     start = time.perf_counter()
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
         test_x, test_y = load_split(args.data, "test")
         train_x, train_y = load_split(args.data, "train")
         metrics = json.loads(args.evaluate_json.read_text()) if args.evaluate_json.is_file() else {}
+        noise = (json.loads(args.noise.read_text())
+                 if args.noise is not None and args.noise.is_file() else None)
         runs = []
         for m in MODELS:
             evaluations = {c: load_evaluation(args.evaluate / m / f"{c}.npz", test_y)
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
                             key=lambda p: float(p.parent.name.removeprefix("beta_")))}
     markdown = build_markdown(info, entries, args.report.parent,
                               read_optional(args.evaluation_md), read_optional(args.sweep_md),
-                              gifs, {k: v for k, v in metrics.items() if k in MODELS})
+                              gifs, {k: v for k, v in metrics.items() if k in MODELS}, noise)
     write_text(args.report, markdown)
     write_text(args.html, markdown_to_html(markdown, args.report.parent,
                                            f"VAE report: {spec.name}"))

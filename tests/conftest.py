@@ -33,7 +33,8 @@ import fakedata
 from vaepipe.data.sources import EXPECTED_MD5_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+# reports/noise.json: the seeds' spread the report states, an input of visualize kept in git
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "reports/noise.json")
 PROJECT_DIRS = ("stages", "vaepipe")
 
 
@@ -166,6 +167,7 @@ def build_project(base: Path, overrides: Mapping[str, Any] | None = None, n_trai
     root.mkdir(parents=True)
     for name in PROJECT_FILES:
         if (REPO_ROOT / name).exists():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, root / name)
     for name in PROJECT_DIRS:
         shutil.copytree(REPO_ROOT / name, root / name,

@@ -22,15 +22,15 @@ from PIL import Image
 TEMPORARY = re.compile(r"^\..+\.\d+\..+\.tmp$")  # vaepipe.io.atomic_path's names
 
 # stage -> (its script, its outputs, params that make it run long, params that make it rerun
-# briefly, the file it finishes first: the kill comes after it, so it must be left whole; None
-# for the sweep, which writes everything at its end, so nothing may be left)
+# briefly, the file it finishes first: the kill comes after it, so it must be left whole)
 LONG_STAGES = {
     "train-mlp": ("stages/train.py",
                   ["models/mlp", "reports/train/mlp_history.csv", "reports/train/mlp.json"],
                   {"mlp": {"epochs": 400}}, {"mlp": {"epochs": 3}}, "models/mlp/epoch_01.pt"),
     "beta-sweep@0.1": ("stages/beta_sweep.py",
                        ["models/sweep/beta_0.1.pt", "reports/sweep/beta_0.1"],
-                       {"sweep": {"epochs": 400}}, {"sweep": {"epochs": 2}}, None),
+                       {"sweep": {"epochs": 400}}, {"sweep": {"epochs": 2}},
+                       "reports/sweep/beta_0.1/history.csv"),
     "evaluate": ("stages/evaluate.py",
                  ["data/evaluate", "reports/evaluate.json", "reports/evaluate_details.json",
                   "reports/evaluation.md"],
@@ -157,3 +157,42 @@ def test_ctrl_c_stops_repro_with_one_line_and_no_traceback(tiny_repro):
     for path in left:
         assert TEMPORARY.match(path.name) is None  # SIGINT runs the cleanup
         _check_whole(path)
+
+
+def test_a_running_experiment_shows_its_epochs_and_a_kill_leaves_them_whole(tiny_repro):
+    # the history and the metrics file (marked partial) are rewritten whole after every epoch,
+    # so `dvc plots show` and `dvc exp show` read a running experiment's progress from them
+    project = tiny_repro
+    _with(project, {"mlp": {"epochs": 3000}})
+    proc = _start(project, "exp", "run", "-n", "running")
+    metrics_path = project.root / "reports/train/mlp.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:  # the committed run's metrics are there until the first epoch replaces them
+            written = json.loads(metrics_path.read_text())
+            done = written["epochs"] if written["partial"] else 0
+        except (FileNotFoundError, KeyError, ValueError):
+            done = 0
+        if done >= 2:
+            break
+        time.sleep(0.01)
+    plots = json.loads(project.dvc("plots", "show", "--json",
+                                   "reports/train/mlp_history.csv").stdout)["data"]
+    drawn = plots["dvc.yaml::reports/train/mlp_history.csv"][0]["content"]["data"]["values"]
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    live = shown[0]["data"]["metrics"]["reports/train/mlp.json"]["data"]
+    assert proc.poll() is None, "the experiment ended before it was read"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    metrics = json.loads(metrics_path.read_text())
+    history = pd.read_csv(project.root / "reports/train/mlp_history.csv")
+    assert metrics["partial"] is True and metrics["epochs"] >= 2
+    # the two files can be one epoch apart at most (the kill can fall between them)
+    assert len(history) in (metrics["epochs"], metrics["epochs"] + 1)
+    assert history["epoch"].tolist() == list(range(1, len(history) + 1))
+    assert history.notna().all().all() and (history["val_nelbo"] > 0).all()
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs"]
+    assert {row["epoch"] for row in drawn} >= {"1", "2"}  # CSV values: strings
+    assert shown[0]["rev"] == "workspace" and live["partial"] is True and live["epochs"] >= 2

@@ -42,9 +42,21 @@ def test_whole_pipeline_outputs_and_a_second_repro_runs_nothing(tiny_repro):
     assert "Data and pipelines are up to date" in again.stdout
     assert "up to date" in project.dvc("status").stdout
 
+    assert project.read_json("reports/train/mlp.json")["partial"] is False
+
     shown = project.dvc("metrics", "show").stdout
     assert "reports/train/mlp.json" in shown and "best_val_nelbo" in shown
     plots = project.dvc("plots", "show", "--json").stdout
     assert "reports/train/mlp_history.csv" in plots and "reports/train/conv_history.csv" in plots
     # `dvc exp run -S beta=0.5` on this project: tests/test_team_workflow.py; `device: cuda`
     # on a machine without it: tests/test_reliability.py
+
+
+def test_a_log_holds_one_line_per_epoch_and_no_progress_bar(tiny_repro):
+    # DVC's output here is a pipe, as in `dvc queue logs`: tqdm's bar is off, the epoch lines stay
+    project = tiny_repro
+    out = project.dvc("repro", "-s", "-f", "train-mlp")
+    text = out.stdout + out.stderr
+    lines = re.findall(r"^mlp epoch +(\d+)/2: kl weight", text, re.M)
+    assert lines == ["1", "2"], text
+    assert "\r" not in text and "img/s]" not in text

@@ -106,6 +106,7 @@ class SweepConfig(_Section):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
     gif_frames: int = Field(48, ge=2, description="frames per latent-evolution GIF")
+    seed: int = Field(42, ge=0, description="the sweep's initialisation, shuffling and noise")
 
 
 class VisualizeConfig(_Section):
@@ -128,6 +129,7 @@ class ClassifierConfig(_Section):
     lr: float = Field(3e-3, gt=0, le=1, allow_inf_nan=False,
                       description="Adam's starting learning rate, cosine-annealed to 0")
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    seed: int = Field(42, ge=0, description="the classifier's initialisation and shuffling")
 
 
 class EvaluateConfig(_Section):
@@ -137,6 +139,8 @@ class EvaluateConfig(_Section):
     iwae_samples: int = Field(100, ge=1, description="K of the importance-weighted bound")
     iwae_images: int = Field(300, ge=1, description="test images the IWAE gain is measured on")
     iwae_batch: int = Field(5, ge=1, description="images per decoder call (x K latents)")
+    prior_draws: int = Field(10, ge=1, description="fresh prior draws of `samples` images whose "
+                                                  "spread is the standard error of FID and P/R")
     pr_neighbours: int = Field(3, ge=1, description="k of the k-NN manifolds of P/R")
     probe_images: int = Field(5000, ge=10, description="training images the probe fits on")
     silhouette_images: int = Field(2000, ge=10, description="test latents in the silhouette")
@@ -145,7 +149,7 @@ class EvaluateConfig(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, description="the two VAEs' training and their evaluation")
     device: Device = "auto"
     beta: float = Field(1.0, ge=0, allow_inf_nan=False,
                         description="KL weight the main models train towards")
@@ -301,6 +305,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_params(raw)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,12 +1,17 @@
 """The evaluate stage's library: every number of one VAE checkpoint on the test set.
 
-The ELBO terms come from :func:`vaepipe.train.loop.evaluate_elbo` (the code path training
+The ELBO terms come from :func:`vaepipe.train.loop.elbo_per_image` (the code path training
 validates with); the rest is built here from the model's ``encode`` / ``decode`` and the
 measures of :mod:`vaepipe.evaluate.measures`, in the feature space of
 :mod:`vaepipe.evaluate.classifier`.
 All noise comes from generators seeded per purpose, so every checkpoint of a run sees the
 same prior draws and the same subsets (differences between checkpoints are the models'),
 and a rerun on the CPU gives the same numbers bit for bit.
+
+Every number that is a mean over test images has a ``<metric>_se`` beside it, its standard
+error over those images; FID, precision and recall get theirs from repeated fresh prior draws.
+They say how precisely the test set measures this one model, not how much another training
+run (another seed) would move it.
 """
 from __future__ import annotations
 
@@ -19,13 +24,13 @@ import torch
 
 from vaepipe.config import EvaluateConfig, TrainConfig
 from vaepipe.evaluate.classifier import Classifier, classifier_features
-from vaepipe.evaluate.measures import (active_units, bce_floor, bits_per_dim, diversity,
-                                       frechet_distance, gaussian_stats, kl_per_dim, knn_radii,
-                                       precision_recall, probe_accuracy, silhouette, subsample,
-                                       unit_activity)
+from vaepipe.evaluate.measures import (active_units, bce_floor, binary_entropy_per_image,
+                                       bits_per_dim, diversity, frechet_distance, gaussian_stats,
+                                       kl_per_dim, knn_radii, precision_recall, probe_accuracy,
+                                       silhouette, standard_error, subsample, unit_activity)
 from vaepipe.models.batches import decode_mean, encode, in_batches, inference, to_unit_float
 from vaepipe.models.vae import VAE
-from vaepipe.train.loop import evaluate_elbo
+from vaepipe.train.loop import elbo_per_image
 from vaepipe.train.objective import recon_per_sample
 
 FROZEN_SIGMAS = (0.1, 0.5, 1.0)
@@ -35,7 +40,7 @@ N_SAVED_FROZEN = 64    # images per frozen-latent condition kept for the figures
 # Offsets added to the run's seed, one generator per purpose: drawing more of one kind of
 # noise (a larger K, more samples, a larger subset) never changes another kind.
 (NOISE_ELBO, NOISE_IWAE, NOISE_PRIOR, NOISE_FROZEN, SUBSET_PROBE, SUBSET_IWAE, SUBSET_TEST,
- SUBSET_VAL) = range(8)
+ SUBSET_VAL, NOISE_PRIOR_REDRAWS) = range(9)
 
 
 def frozen_key(sigma: float) -> str:
@@ -44,8 +49,10 @@ def frozen_key(sigma: float) -> str:
 
 
 # The per-checkpoint metrics, in the order reports/evaluate.json lists them.
-METRICS = ("recon", "kl", "nelbo", "bpd", "nelbo_above_floor", "iwae_nll", "iwae_gain",
-           "active_units", "fid", "precision", "recall", "fid_recon", "probe_accuracy",
+METRICS = ("recon", "recon_se", "kl", "kl_se", "nelbo", "nelbo_se", "bpd", "bpd_se",
+           "nelbo_above_floor", "nelbo_above_floor_se", "iwae_nll", "iwae_nll_se", "iwae_gain",
+           "iwae_gain_se", "active_units", "fid", "fid_se", "precision", "precision_se",
+           "recall", "recall_se", "fid_recon", "probe_accuracy", "probe_accuracy_se",
            "silhouette", "frozen_diversity_prior",
            *(f"frozen_diversity_{frozen_key(s)}" for s in FROZEN_SIGMAS),
            *(f"frozen_fid_{frozen_key(s)}" for s in FROZEN_SIGMAS))
@@ -124,6 +131,7 @@ class Reference:
     probe_x: torch.Tensor       # uint8, a seeded subset of the training split
     probe_y: np.ndarray
     iwae_x: torch.Tensor        # uint8, a seeded subset of the test set
+    test_floor: np.ndarray      # float64 (N,): each test image's BCE floor
     test_features: np.ndarray   # (N, F)
     test_stats: tuple[np.ndarray, np.ndarray]
     subset: torch.Tensor        # int64 indices of a seeded test subset of evaluate.samples
@@ -171,13 +179,28 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
     }
     return Reference(test_x, test[1], torch.as_tensor(train[0][probe]).to(device),
                      train[1][probe], test_x[torch.as_tensor(iwae).to(device)],
-                     test_features, test_stats, torch.as_tensor(pr), test_features[pr],
+                     binary_entropy_per_image(test[0]), test_features, test_stats, torch.as_tensor(pr), test_features[pr],
                      knn_radii(torch.as_tensor(test_features[pr], dtype=torch.float32),
                                cfg.pr_neighbours), numbers)
 
 
 # --------------------------------------------------------------------------------------------
 # One checkpoint
+
+
+def share_standard_error(share: float, n: int) -> float:
+    """Standard error of a share of ``n`` yes/no outcomes (an accuracy): ``sqrt(p (1 - p) /
+    (n - 1))``, what :func:`~vaepipe.evaluate.measures.standard_error` gives on the 0/1 list."""
+    return math.sqrt(share * (1.0 - share) / (n - 1))
+
+
+def prior_scores(images: torch.Tensor, classifier: Classifier, ref: Reference,
+                 cfg: EvaluateConfig) -> tuple[float, float, float]:
+    """FID, precision and recall of one set of generated images against the test set."""
+    features = classifier_features(classifier, images, cfg.batch_size)
+    precision, recall = precision_recall(ref.pr_real, features, cfg.pr_neighbours,
+                                         real_radii=ref.pr_radii)
+    return frechet_distance(*gaussian_stats(features), *ref.test_stats), precision, recall
 
 
 @dataclass
@@ -204,12 +227,15 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
         clock = now
 
     pixels = math.prod(model.image_shape)
-    # evaluate_elbo is batched by train.loop.EVAL_BATCH and uses one posterior sample per image
-    elbo = evaluate_elbo(model, ref.test_x, 1.0, train_cfg, dequantize=False,
-                         seed=seed * 1000 + NOISE_ELBO)
-    m = {"recon": elbo["recon"], "kl": elbo["kl"], "nelbo": elbo["nelbo"],
-         "bpd": bits_per_dim(elbo["nelbo"], pixels),
-         "nelbo_above_floor": elbo["nelbo"] - ref.numbers["bce_floor_test"]}
+    # elbo_per_image is batched by train.loop.EVAL_BATCH and uses one posterior sample per image
+    recon, kl = (t.cpu().numpy() for t in elbo_per_image(
+        model, ref.test_x, train_cfg, dequantize=False, seed=seed * 1000 + NOISE_ELBO))
+    nelbo = recon + kl
+    m: dict = {}
+    for key, values in (("recon", recon), ("kl", kl), ("nelbo", nelbo),
+                        ("bpd", bits_per_dim(nelbo, pixels)),
+                        ("nelbo_above_floor", nelbo - ref.test_floor)):
+        m[key], m[f"{key}_se"] = float(values.mean()), standard_error(values)
     lap("elbo")
 
     iwae, mc_nelbo = iwae_bound(model, ref.iwae_x, cfg.iwae_samples, cfg.iwae_batch,
@@ -218,14 +244,15 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
     # The gain of the bound over the ELBO is measured on a subset, paired (same images, same
     # latents); the test-set bound is the test-set NELBO minus that gain (a difference
     # estimator: its error is the gain's, ~0.1 nats, not the subset's spread of -log p(x),
-    # which is tens of nats per image and put the raw subset mean 3.5 nats off).
+    # which is tens of nats per image and put the raw subset mean 3.5 nats off). Its standard
+    # error treats the two means as independent (the subset is 3 % of the test set).
     gain = mc_nelbo - iwae
     m["iwae_gain"] = float(gain.mean())
+    m["iwae_gain_se"] = standard_error(gain) if len(gain) > 1 else 0.0
     m["iwae_nll"] = m["nelbo"] - m["iwae_gain"]
+    m["iwae_nll_se"] = math.hypot(m["nelbo_se"], m["iwae_gain_se"])
     iwae_details = {"images": len(iwae), "subset_iwae_nll": float(iwae.mean()),
-                    "subset_mc_nelbo": float(mc_nelbo.mean()),
-                    "gain_standard_error": float(gain.std(ddof=1) / math.sqrt(len(gain)))
-                    if len(gain) > 1 else None}
+                    "subset_mc_nelbo": float(mc_nelbo.mean())}
     lap("iwae")
 
     mu, logvar = encode(model, ref.test_x, bs)
@@ -234,6 +261,7 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
     per_dim = kl_per_dim(mu_np, logvar_np)
     probe_mu, _ = encode(model, ref.probe_x, bs)
     m["probe_accuracy"] = probe_accuracy(probe_mu.cpu().numpy(), ref.probe_y, mu_np, ref.test_y)
+    m["probe_accuracy_se"] = share_standard_error(m["probe_accuracy"], len(mu_np))
     m["silhouette"] = silhouette(mu_np, ref.test_y, cfg.silhouette_images, seed)
     lap("latents")
 
@@ -245,10 +273,16 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
 
     zdim = model.latent_dim
     prior = decode_mean(model, torch.randn((n, zdim), generator=_generator(seed, NOISE_PRIOR)), bs)
-    prior_features = classifier_features(classifier, prior, bs)
-    m["fid"] = frechet_distance(*gaussian_stats(prior_features), *ref.test_stats)
-    m["precision"], m["recall"] = precision_recall(ref.pr_real, prior_features, cfg.pr_neighbours,
-                                                   real_radii=ref.pr_radii)
+    draws = [prior_scores(prior, classifier, ref, cfg)]
+    # the spread of the three over fresh prior draws of as many images is their standard
+    # error (resampling one draw would repeat points, and zero their k-NN radii)
+    redraws = _generator(seed, NOISE_PRIOR_REDRAWS)
+    for _ in range(cfg.prior_draws - 1):
+        z = torch.randn((n, zdim), generator=redraws)
+        draws.append(prior_scores(decode_mean(model, z, bs), classifier, ref, cfg))
+    for key, values in zip(("fid", "precision", "recall"), zip(*draws)):
+        m[key] = values[0]
+        m[f"{key}_se"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     lap("prior")
 
     # Seed 002's frozen latents: mu = 0 and a fixed sigma, z = sigma * eps. One eps draw is

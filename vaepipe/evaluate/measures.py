@@ -35,18 +35,31 @@ def bits_per_dim(nats_per_image: float, pixels: int) -> float:
     return nats_per_image / (pixels * math.log(2))
 
 
-def bce_floor(images: np.ndarray) -> float:
-    """The lowest Bernoulli reconstruction term a decoder can reach on uint8 ``images``.
+def standard_error(values) -> float:
+    """Standard error of the mean of ``values``: the sample standard deviation (ddof=1) over
+    sqrt(n). It says how precisely these values measure their mean, nothing about other noise."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if len(v) < 2:
+        raise ValueError(f"a standard error needs at least two values, got {len(v)}")
+    return float(v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def binary_entropy_per_image(images: np.ndarray) -> np.ndarray:
+    """The lowest Bernoulli reconstruction term a decoder can reach on each uint8 image, (N,).
 
     With grey levels x = v / 255 as Bernoulli targets, BCE(x, p) >= H(x), the binary entropy,
-    reached at p = x. Summed over pixels and averaged over images, in nats.
+    reached at p = x; summed over pixels, in nats.
     """
     x = np.arange(256, dtype=np.float64) / 255.0
     with np.errstate(divide="ignore", invalid="ignore"):
         table = -(x * np.log(x) + (1 - x) * np.log1p(-x))
     table[[0, 255]] = 0.0  # 0 log 0 = 0: black and white pixels carry no entropy
-    per_image = table[images.reshape(len(images), -1)].sum(axis=1)
-    return float(per_image.mean())
+    return table[images.reshape(len(images), -1)].sum(axis=1)
+
+
+def bce_floor(images: np.ndarray) -> float:
+    """The BCE floor of uint8 ``images``: :func:`binary_entropy_per_image` averaged, in nats."""
+    return float(binary_entropy_per_image(images).mean())
 
 
 def unit_activity(mu: np.ndarray) -> np.ndarray:

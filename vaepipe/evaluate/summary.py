@@ -27,6 +27,13 @@ _ROWS = [  # (metric, label, format)
 ]
 
 
+def with_error(metrics: dict, key: str, fmt: str) -> str:
+    """``metrics[key]`` in ``fmt``, with ``± <key>_se`` where the metrics have one."""
+    value = format(metrics[key], fmt)
+    se = metrics.get(f"{key}_se")
+    return value if se is None else f"{value} ± {se:{fmt}}"
+
+
 def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: EvaluateConfig,
                      seed: int, dataset: str, latent_dims: dict) -> str:
     """``reports/evaluation.md``: one table per model, the frozen-latent table, the classifier,
@@ -35,15 +42,19 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
            f"{reference['test_images']:,} test images, seed {seed}. Nats per image "
            f"(summed over pixels or latent dimensions, averaged over images); KL weight 1 "
            f"whatever beta trained the model. Lower is better for nats, bits/dim and FID; "
-           f"higher for precision, recall, probe accuracy and silhouette.", ""]
+           f"higher for precision, recall, probe accuracy and silhouette. ± is one standard "
+           f"error: over the test images used, and for FID, precision and recall over "
+           f"{cfg.prior_draws} fresh prior draws. It says how precisely the test set measures "
+           f"this model, not how far another training run (another seed) would land: that "
+           f"spread is larger, see `make compare`.", ""]
     for kind, by_ckpt in results.items():
         ckpts = list(by_ckpt)
         out += [f"### {model_title(kind)} (`models/{kind}`, z = {latent_dims[kind]})", "",
                 "| metric | " + " | ".join(f"`{c}`" for c in ckpts) + " |",
                 "|---|" + "---:|" * len(ckpts)]
         for key, label, fmt in _ROWS:
-            out.append(f"| {label} | " + " | ".join(format(by_ckpt[c][key], fmt) for c in ckpts)
-                       + " |")
+            out.append(f"| {label} | " + " | ".join(with_error(by_ckpt[c], key, fmt)
+                                                    for c in ckpts) + " |")
         out.append("")
 
     sigmas = [frozen_key(s) for s in FROZEN_SIGMAS]
@@ -77,7 +88,7 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
 
     k = r["iwae_samples"]
     out += ["### How each number is computed", "",
-            "- **reconstruction, KL, NELBO**: `vaepipe.train.loop.evaluate_elbo` on the whole test "
+            "- **reconstruction, KL, NELBO**: `vaepipe.train.loop.elbo_per_image` on the whole test "
             "set, one posterior sample per image (seeded), Bernoulli BCE with logits summed over "
             "pixels, closed-form Gaussian KL; NELBO = reconstruction + KL.",
             "- **bits/dim**: NELBO / (pixels × ln 2), as seed 000 defines it (a grey-level "
@@ -91,8 +102,8 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
             f"{cfg.iwae_batch} × K latents at a time), subtracted from the Monte-Carlo NELBO "
             f"of the same latents, averaged over a seeded subset of {r['iwae_images']:,} test "
             f"images. **IWAE bound** = test-set NELBO − gain: an estimate of the bound's "
-            f"test-set mean whose error is the gain's (standard error in "
-            f"`reports/evaluate_details.json`), not the subset's spread of -log p(x).",
+            f"test-set mean whose error is the gain's, not the subset's spread of -log p(x); its "
+            f"standard error combines the NELBO's and the gain's as independent.",
             "- **active units**: latent dimensions whose posterior mean varies across test "
             "images by more than 0.01 (Cov_x E_q[z_u] > 0.01, Burda et al.); the KL of each "
             "dimension is in `reports/evaluate_details.json`.",

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from vaepipe.config import Params, to_dict
-from vaepipe.models.vae import model_title
+from vaepipe.config import Params, flatten, to_dict
+from vaepipe.models.vae import MODELS, model_title
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,9 @@ class RunInfo:
     changed_files: Sequence[str] | None = ()  # uncommitted inputs besides params.yaml; None: no git
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def changed_params(params: Params) -> list[tuple[str, Any, Any]]:
     """``(dotted key, value, default)`` for every param that differs from its default."""
-    given, default = _flatten(to_dict(params)), _flatten(to_dict(Params()))
+    given, default = flatten(to_dict(params)), flatten(to_dict(Params()))
     return [(key, given[key], default[key]) for key in given if given[key] != default[key]]
 
 
@@ -108,8 +99,30 @@ HEADLINE = (("nelbo", "test NELBO (nats)", ".2f"), ("iwae_nll", "IWAE bound (nat
 HEADLINE_CHECKPOINTS = ("epoch_01", "best")
 
 
-def _cell(value: Any, fmt: str) -> str:
-    return format(value, fmt) if isinstance(value, (int, float)) else "–"
+def _cell(value: Any, fmt: str, se: Any = None) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    return format(value, fmt) + (f" ± {se:{fmt}}" if isinstance(se, (int, float)) else "")
+
+
+def noise_line(noise: Mapping[str, Any]) -> str:
+    """The seeds' spread (``reports/noise.json``, from ``make compare``) as one sentence: how
+    far apart two single runs land from seed noise alone."""
+    labels = {key: header for key, header, _ in HEADLINE}
+    parts = []
+    for metric, spread in noise["metrics"].items():
+        kind, _, key = metric.split(".", 2)
+        label = f"{model_title(kind)} {labels.get(key, key)}" if kind in MODELS else metric
+        parts.append(f"{label} {spread['single_run_difference']:.3g}")
+    seeds = ", ".join(str(s) for s in noise["seeds"])
+    changed = noise.get("differs_from_defaults") or {}
+    where = ("the default params" if not changed else
+             "params " + ", ".join(f"`{k}` = {v}" for k, v in changed.items()))
+    return (f"**Seed noise.** Over {len(noise['seeds'])} seeds ({seeds}) of {where} "
+            f"(`make compare`, `reports/noise.json`), two single runs differ by up to "
+            f"{'; '.join(parts)} from the seed alone (95 %): smaller differences are noise. "
+            f"The ± in the table is a test-set standard error: how precisely the test images "
+            f"measure this one model, not training noise.")
 
 
 def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
@@ -121,7 +134,8 @@ def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> l
             if ckpt in by_ckpt:
                 m = by_ckpt[ckpt]
                 lines.append(f"| {model_title(kind)} | `{ckpt}` | "
-                             + " | ".join(_cell(m.get(k), f) for k, _, f in HEADLINE) + " |")
+                             + " | ".join(_cell(m.get(k), f, m.get(f"{k}_se"))
+                                          for k, _, f in HEADLINE) + " |")
     return lines
 
 
@@ -175,14 +189,16 @@ def _figure_lines(entry: FigureEntry, report_dir: Path) -> list[str]:
 def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_dir: str | Path,
                    evaluation_md: str | None = None, sweep_md: str | None = None,
                    sweep_gifs: Mapping[str, Path] | None = None,
-                   results: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
+                   results: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+                   noise: Mapping[str, Any] | None = None) -> str:
     """The report as markdown; figures and GIFs are linked relative to ``report_dir``.
 
     First one line on what the run was made from, then what a reader wants to see: the
     ``headline`` figures (samples and reconstructions, epoch 1 beside best) and one table of
     ``results`` (``evaluate.json``'s numbers); then what was run, the long tables
     (``evaluation_md`` / ``sweep_md``, embedded verbatim; None says they were not built) and
-    every other figure. ``sweep_gifs`` maps a beta (as text) to its latent-evolution GIF.
+    every other figure. ``sweep_gifs`` maps a beta (as text) to its latent-evolution GIF;
+    ``noise`` (``reports/noise.json``) is the seeds' spread stated under the table.
     """
     report_dir = Path(report_dir)
     lines = [f"# VAE report: {info.dataset}", "", made_from(info), "",
@@ -197,6 +213,8 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
         lines += _figure_lines(entry, report_dir)
     if results:
         lines += [""] + results_table(results)
+    if noise and noise.get("metrics"):
+        lines += ["", noise_line(noise)]
     lines += [""] + _what_was_run(info)
 
     lines += ["", "## Evaluation", ""]

@@ -7,6 +7,7 @@ DataLoader and no per-image Python work, which is where the reference recipe spe
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from vaepipe.models.batches import inference, to_unit_float
 from vaepipe.models.vae import VAE
 from vaepipe.train.checkpoints import CHECKPOINTS, save_checkpoint
 from vaepipe.train.device import device_name
-from vaepipe.train.objective import kl_weight, vae_loss
+from vaepipe.train.objective import kl_per_sample, kl_weight, recon_per_sample, vae_loss
 
 EVAL_BATCH = 1000  # images per forward pass when validating
 
@@ -44,22 +45,30 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def evaluate_elbo(model: VAE, images: torch.Tensor, beta: float, cfg: TrainConfig,
-                  dequantize: bool = False, seed: int = 0) -> dict[str, float]:
-    """Mean loss (at KL weight ``beta``), recon, KL and NELBO over uint8 ``images``.
+def elbo_per_image(model: VAE, images: torch.Tensor, cfg: TrainConfig, dequantize: bool = False,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction term -log p(x | z) and KL of each of the uint8 ``images``, in nats.
 
-    Uses one posterior sample per image from a generator seeded with ``seed``, so the same
-    weights always give the same numbers (comparable across epochs).
+    One posterior sample per image from a generator seeded with ``seed``, so the same weights
+    always give the same numbers (comparable across epochs). Float64 (N,) tensors on the
+    images' device.
     """
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    sums = torch.zeros(2, dtype=torch.float64, device=images.device)
+    recon, kl = [], []
     with inference(model):
         for i in range(0, len(images), EVAL_BATCH):
             x = to_unit_float(images[i:i + EVAL_BATCH], dequantize, gen)
             logits, mu, logvar = model(x, gen)
-            terms = vae_loss(logits, x, mu, logvar, 1.0, cfg.likelihood, cfg.obs_std)
-            sums += torch.stack([terms.recon, terms.kl]).double() * len(x)
-    recon, kl = (sums / len(images)).tolist()
+            recon.append(recon_per_sample(logits, x, cfg.likelihood, cfg.obs_std).double())
+            kl.append(kl_per_sample(mu, logvar).double())
+    return torch.cat(recon), torch.cat(kl)
+
+
+def evaluate_elbo(model: VAE, images: torch.Tensor, beta: float, cfg: TrainConfig,
+                  dequantize: bool = False, seed: int = 0) -> dict[str, float]:
+    """Mean loss (at KL weight ``beta``), recon, KL and NELBO over uint8 ``images``: the means
+    of :func:`elbo_per_image`."""
+    recon, kl = (t.mean().item() for t in elbo_per_image(model, images, cfg, dequantize, seed))
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
 
 
@@ -78,7 +87,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         cfg: TrainConfig, beta: float, seed: int, device: torch.device,
         checkpoint_dir: str | Path | None = None, meta: dict | None = None,
         dequantize: bool = False, progress: bool = True,
-        on_epoch: Callable[[int, VAE, dict], None] | None = None,
+        on_epoch: Callable[[FitResult], None] | None = None,
         on_batch: Callable[[int, int, VAE], None] | None = None) -> FitResult:
     """Train ``model`` on uint8 image arrays (N, C, H, W) and validate every epoch.
 
@@ -87,7 +96,10 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     (lowest validation loss at the *target* weight ``beta``, so warm-up epochs cannot win on a
     discounted KL) and ``final.pt``; ``meta`` is stored in each. ``on_batch(epoch, batch,
     model)`` runs after every optimizer step (batch is 1-based; the model is in training mode
-    and must be left so), ``on_epoch(epoch, model, row)`` after each epoch's validation. A
+    and must be left so), ``on_epoch(result)`` after each epoch's validation and checkpoints,
+    with the epochs done so far (the stages write their history and partial metrics there).
+    With ``progress``, a tqdm bar per epoch where stderr is a terminal, and one line per
+    epoch in any case (so a log file, ``dvc queue logs``, holds one line per epoch). A
     non-finite loss raises :class:`TrainingDiverged` naming the epoch and batch; checkpoints
     already written are kept, and nothing from the bad epoch is saved.
     """
@@ -116,8 +128,10 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         shuffled = train_x[torch.randperm(n, generator=gen, device=device)]
         # Per-batch (loss, recon, kl) kept on the device: no host sync inside the loop.
         stats = torch.empty(n_batches, 3, device=device)
+        # disable=None: no bar where stderr is not a terminal (a redrawn bar in a log file is
+        # a thousand fragments of lines)
         bar = tqdm(total=n, desc=f"{model.kind} epoch {epoch}/{cfg.epochs}", unit="img",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         for b in range(n_batches):
             x = to_unit_float(shuffled[b * bs:(b + 1) * bs], dequantize, gen)
             logits, mu, logvar = model(x, gen)
@@ -164,12 +178,12 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
             if ckpt_dir is not None:
                 save_checkpoint(ckpt_dir / f"{best}.pt", model, saved)
         if progress:
-            tqdm.write(f"{model.kind} epoch {epoch:3d}: kl weight {weight:.3f}  "
+            tqdm.write(f"{model.kind} epoch {epoch:3d}/{cfg.epochs}: kl weight {weight:.3f}  "
                        f"train {train_means[0]:.2f}  val nelbo {val['nelbo']:.2f} "
                        f"(recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
-                       f"{n / seconds:,.0f} img/s")
+                       f"{n / seconds:,.0f} img/s", file=sys.stderr)
         if on_epoch is not None:
-            on_epoch(epoch, model, row)
+            on_epoch(result)
     if ckpt_dir is not None:
         save_checkpoint(ckpt_dir / f"{final}.pt", model,
                         {"epoch": cfg.epochs, "metrics": val_metrics, **meta})
@@ -183,10 +197,13 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def summarize(result: FitResult, device: torch.device, model: VAE) -> dict:
-    """The metrics JSON of a training run."""
+def summarize(result: FitResult, device: torch.device, model: VAE, partial: bool = False
+              ) -> dict:
+    """The metrics JSON of a training run; ``partial``: written while it still runs (``epochs``
+    is then the epochs done so far)."""
     last = result.history[-1]
     return {
+        "partial": partial,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best["val_loss"],
         "best_val_nelbo": result.best["val_nelbo"],
