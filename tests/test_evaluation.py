@@ -5,14 +5,16 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vaepipe.config import EvaluateConfig, TrainConfig
 from vaepipe.evaluate.classifier import Classifier
-from vaepipe.evaluate.evaluation import (METRICS, build_reference, evaluate_checkpoint,
-                                         frozen_key, iwae_bound, recon_indices)
+from vaepipe.evaluate.evaluation import (METRICS, NOISE_ELBO, build_reference,
+                                         evaluate_checkpoint, frozen_key, iwae_bound,
+                                         recon_indices)
 from vaepipe.evaluate.measures import (active_units, bce_floor, bits_per_dim, diversity, fid,
                                        frechet_distance, kl_per_dim, knn_radii,
                                        precision_recall, probe_accuracy, silhouette, subsample,
@@ -20,7 +22,7 @@ from vaepipe.evaluate.measures import (active_units, bce_floor, bits_per_dim, di
 from vaepipe.io import write_npz
 from vaepipe.models.batches import encode
 from vaepipe.models.vae import VAE, build_model
-from vaepipe.train.loop import evaluate_elbo
+from vaepipe.train.loop import elbo_per_image, evaluate_elbo
 from vaepipe.train.objective import kl_per_sample
 
 
@@ -355,6 +357,18 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     assert m["iwae_gain"] >= 0 and 0 <= m["active_units"] <= 3
     assert m["iwae_nll"] == pytest.approx(m["nelbo"] - m["iwae_gain"])
     assert result.details["iwae"]["images"] == 12
+    # the standard errors: of the per-image terms over the 40 test images (the same seeded
+    # noise as the means), and of FID / P/R over TINY.prior_draws fresh prior draws
+    recon, kl = (t.numpy() for t in elbo_per_image(model, ref.test_x, TrainConfig(),
+                                                   seed=1000 + NOISE_ELBO))
+    assert m["recon"] == pytest.approx(recon.mean()) and m["kl"] == pytest.approx(kl.mean())
+    assert m["recon_se"] == pytest.approx(scipy.stats.sem(recon))
+    assert m["nelbo_se"] == pytest.approx(scipy.stats.sem(recon + kl))
+    assert m["bpd_se"] == pytest.approx(m["nelbo_se"] / (784 * math.log(2)))
+    assert m["iwae_nll_se"] == pytest.approx(math.hypot(m["nelbo_se"], m["iwae_gain_se"]))
+    assert m["probe_accuracy_se"] == pytest.approx(
+        math.sqrt(m["probe_accuracy"] * (1 - m["probe_accuracy"]) / 39))
+    assert TINY.prior_draws == 10 and m["fid_se"] > 0 and m["precision_se"] >= 0
     assert m["frozen_diversity_sigma_0_1"] < m["frozen_diversity_sigma_1_0"]
     a = result.arrays
     shapes = {k: (v.shape, v.dtype.name) for k, v in a.items()}

@@ -1,4 +1,4 @@
-"""Which experiments beat the noise of their seeds: ``python -m vaepipe.compare`` (``make compare``).
+"""Which experiments beat their seeds' noise: ``python -m vaepipe.compare`` (``make compare``).
 
     dvc exp run --queue -S seed=1,2,3            # replicates of the workspace's params
     dvc exp run --queue -S seed=1,2,3 -S beta=0.5
@@ -321,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vaepipe.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, help="a saved `dvc exp show --json` (default: run it)")
+    ap.add_argument("-n", "--num", type=int, default=1, help="commits back from HEAD whose "
+                    "experiments are read (`dvc exp show -n`; default 1: HEAD's)")
     ap.add_argument("--metric", action="append", dest="metrics",
                     help="a flattened metric key, e.g. conv.best.fid (repeatable; default: "
                          "NELBO, IWAE, FID, precision, recall, probe accuracy of both models)")
@@ -336,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {args.json}: {exc}", file=sys.stderr)
             return 2
     else:
-        proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        proc = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(args.num)],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"error: `dvc exp show --json` failed: {proc.stderr.strip()}", file=sys.stderr)
             return 2

@@ -179,7 +179,8 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
     }
     return Reference(test_x, test[1], torch.as_tensor(train[0][probe]).to(device),
                      train[1][probe], test_x[torch.as_tensor(iwae).to(device)],
-                     binary_entropy_per_image(test[0]), test_features, test_stats, torch.as_tensor(pr), test_features[pr],
+                     binary_entropy_per_image(test[0]), test_features, test_stats,
+                     torch.as_tensor(pr), test_features[pr],
                      knn_radii(torch.as_tensor(test_features[pr], dtype=torch.float32),
                                cfg.pr_neighbours), numbers)
 

@@ -44,9 +44,10 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
            f"whatever beta trained the model. Lower is better for nats, bits/dim and FID; "
            f"higher for precision, recall, probe accuracy and silhouette. ± is one standard "
            f"error: over the test images used, and for FID, precision and recall over "
-           f"{cfg.prior_draws} fresh prior draws. It says how precisely the test set measures "
-           f"this model, not how far another training run (another seed) would land: that "
-           f"spread is larger, see `make compare`.", ""]
+           f"{cfg.prior_draws} fresh prior draws. It says how precisely this test set "
+           f"measures this model; it leaves out training noise (another seed), and since "
+           f"every run scores the same test images it is not the noise of a difference "
+           f"between runs: `make compare` measures that over seeds.", ""]
     for kind, by_ckpt in results.items():
         ckpts = list(by_ckpt)
         out += [f"### {model_title(kind)} (`models/{kind}`, z = {latent_dims[kind]})", "",

@@ -108,7 +108,7 @@ def _cell(value: Any, fmt: str, se: Any = None) -> str:
 def noise_line(noise: Mapping[str, Any]) -> str:
     """The seeds' spread (``reports/noise.json``, from ``make compare``) as one sentence: how
     far apart two single runs land from seed noise alone."""
-    labels = {key: header for key, header, _ in HEADLINE}
+    labels = {key: header.split(" (")[0] for key, header, _ in HEADLINE}
     parts = []
     for metric, spread in noise["metrics"].items():
         kind, _, key = metric.split(".", 2)
@@ -121,8 +121,10 @@ def noise_line(noise: Mapping[str, Any]) -> str:
     return (f"**Seed noise.** Over {len(noise['seeds'])} seeds ({seeds}) of {where} "
             f"(`make compare`, `reports/noise.json`), two single runs differ by up to "
             f"{'; '.join(parts)} from the seed alone (95 %): smaller differences are noise. "
-            f"The ± in the table is a test-set standard error: how precisely the test images "
-            f"measure this one model, not training noise.")
+            f"The ± in the table is a test-set standard error: how far this test set may put "
+            f"a model's score from its value on the whole distribution (for FID, precision and "
+            f"recall: the spread over fresh prior draws). Every run shares the test images, so "
+            f"it is not the noise of a difference between runs.")
 
 
 def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
