@@ -17,8 +17,7 @@ import pytest
 import scipy.stats
 
 from vaepipe import compare
-from vaepipe.evaluate.evaluation import share_standard_error
-from vaepipe.evaluate.measures import standard_error
+from vaepipe.evaluate.measures import share_standard_error, standard_error
 
 FIXTURE = Path(__file__).parent / "data" / "exp_show.json"
 METRIC = "conv.best.nelbo"

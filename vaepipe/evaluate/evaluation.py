@@ -27,7 +27,8 @@ from vaepipe.evaluate.classifier import Classifier, classifier_features
 from vaepipe.evaluate.measures import (active_units, bce_floor, binary_entropy_per_image,
                                        bits_per_dim, diversity, frechet_distance, gaussian_stats,
                                        kl_per_dim, knn_radii, precision_recall, probe_accuracy,
-                                       silhouette, standard_error, subsample, unit_activity)
+                                       share_standard_error, silhouette, standard_error,
+                                       subsample, unit_activity)
 from vaepipe.models.batches import decode_mean, encode, in_batches, inference, to_unit_float
 from vaepipe.models.vae import VAE
 from vaepipe.train.loop import elbo_per_image
@@ -187,12 +188,6 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
 
 # --------------------------------------------------------------------------------------------
 # One checkpoint
-
-
-def share_standard_error(share: float, n: int) -> float:
-    """Standard error of a share of ``n`` yes/no outcomes (an accuracy): ``sqrt(p (1 - p) /
-    (n - 1))``, what :func:`~vaepipe.evaluate.measures.standard_error` gives on the 0/1 list."""
-    return math.sqrt(share * (1.0 - share) / (n - 1))
 
 
 def prior_scores(images: torch.Tensor, classifier: Classifier, ref: Reference,

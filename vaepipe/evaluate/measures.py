@@ -44,6 +44,12 @@ def standard_error(values) -> float:
     return float(v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def share_standard_error(share: float, n: int) -> float:
+    """Standard error of a share of ``n`` yes/no outcomes (an accuracy): ``sqrt(p (1 - p) /
+    (n - 1))``, what :func:`standard_error` gives on the list of 0s and 1s."""
+    return math.sqrt(share * (1.0 - share) / (n - 1))
+
+
 def binary_entropy_per_image(images: np.ndarray) -> np.ndarray:
     """The lowest Bernoulli reconstruction term a decoder can reach on each uint8 image, (N,).
 
