@@ -22,6 +22,7 @@ import torch
 from vaepipe import runtime
 from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
 from vaepipe.data.arrays import load_split
+from vaepipe.data.baselines import read_baselines
 from vaepipe.evaluate.classifier import load_classifier
 from vaepipe.evaluate.evaluation import build_reference, evaluate_checkpoint, same_weights
 from vaepipe.evaluate.summary import summary_markdown
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--metrics", required=True, type=Path)
     ap.add_argument("--details", required=True, type=Path)
     ap.add_argument("--summary", required=True, type=Path)
+    ap.add_argument("--baselines", required=True, type=Path,
+                    help="the codec and histogram rates of the test set (the split stage's)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     start = time.perf_counter()
@@ -48,6 +51,7 @@ def main(argv=None) -> int:
         device = resolve_device(params.device)
         splits = {name: load_split(args.data, name) for name in ("train", "val", "test")}
         classifier, clf_ckpt = load_classifier(args.classifier, device)
+        baselines = read_baselines(args.baselines)
         models = {kind: {ckpt: load_checkpoint(args.models / kind / f"{ckpt}.pt", device)
                          for ckpt in CHECKPOINTS} for kind in MODELS}
     except (ConfigError, DeviceError, CheckpointError, ValueError) as exc:
@@ -71,13 +75,18 @@ def main(argv=None) -> int:
                 trained = ckpt.get("params", {}).get(kind, {})  # the likelihood it trained with
                 train_cfg = TrainConfig(likelihood=trained.get("likelihood", "bernoulli"),
                                         obs_std=trained.get("obs_std", 1.0))
-                result = evaluate_checkpoint(model, train_cfg, ref, classifier, cfg, seed)
+                binarized = ckpt.get("params", {}).get("data", {}).get("binarize") == "dynamic"
+                result = evaluate_checkpoint(model, train_cfg, ref, classifier, cfg, seed,
+                                             binarized)
                 done[name] = result
             metrics.setdefault(kind, {})[name] = result.metrics
             details.setdefault(kind, {})[name] = {"epoch": ckpt["epoch"], "same_weights_as": twin,
                                                   **result.details}
             write_npz(args.arrays / kind / f"{name}.npz", result.arrays)
-            print(f"{kind}/{name}: nelbo {result.metrics['nelbo']:.2f}, iwae "
+            rate = result.metrics.get("bpd_8bit")
+            print(f"{kind}/{name}: "
+                  + (f"8-bit {rate:.3f} bits/dim, " if rate is not None else "binarized, ")
+                  + f"nelbo {result.metrics['nelbo']:.2f}, iwae "
                   f"{result.metrics['iwae_nll']:.2f}, fid {result.metrics['fid']:.2f}, "
                   f"{sum(result.details['seconds'].values()):.1f} s")
     metrics["reference"] = ref.numbers
@@ -87,8 +96,9 @@ def main(argv=None) -> int:
 
     clf = {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]}
     dims = {kind: by_ckpt["best"][0].latent_dim for kind, by_ckpt in models.items()}
+    likelihoods = {kind: by_ckpt["best"][0].likelihood for kind, by_ckpt in models.items()}
     summary = summary_markdown({k: metrics[k] for k in MODELS}, ref.numbers, clf, cfg, seed,
-                               params.data.dataset, dims)
+                               params.data.dataset, dims, baselines, likelihoods)
     write_json(args.metrics, metrics)
     write_json(args.details, details)
     write_text(args.summary, summary)

@@ -1,10 +1,12 @@
 """DVC stage ``split``: hold out a seeded validation split and save train/val/test arrays.
 
     python stages/split.py --raw data/raw/<dataset> --out data/processed/<dataset> \
-        --metrics reports/split.json
+        --metrics reports/split.json --baselines reports/baselines.json
 
 Writes ``train.npz``, ``val.npz``, ``test.npz`` and ``manifest.json`` (see
-`vaepipe.data.split.write_split`). Exit codes: 0 done, 1 unreadable raw data, 2 bad params or
+`vaepipe.data.split.write_split`), and the test set's rate under PNG, xz and a per-pixel
+histogram of the training split (`vaepipe.data.baselines`), which evaluate puts beside every
+model's 8-bit rate. Exit codes: 0 done, 1 unreadable raw data, 2 bad params or
 arguments.
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
+from vaepipe.data.arrays import load_splits
+from vaepipe.data.baselines import baseline_rates
 from vaepipe.data.catalog import DataError
 from vaepipe.data.split import write_split
 from vaepipe.io import write_json
@@ -27,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="directory for the splits")
     parser.add_argument("--metrics", required=True, type=Path,
                         help="JSON of the image counts per split (a DVC metric)")
+    parser.add_argument("--baselines", required=True, type=Path,
+                        help="JSON of the codec and histogram rates of the test set (a metric)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
@@ -44,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     counts = manifest["counts"]
+    (train_x, _), (test_x, _) = load_splits(args.out, "train", "test")
+    baselines = baseline_rates(train_x, test_x)
     write_json(args.metrics, {"images": counts})
+    write_json(args.baselines, baselines)
     print(f"{data.dataset}: train {counts['train']}, val {counts['val']}, "
-          f"test {counts['test']} -> {args.out}")
+          f"test {counts['test']} -> {args.out}; test bits/dim: PNG "
+          f"{baselines['png']['bpd']:.3f}, xz {baselines['xz']['bpd']:.3f}, histogram "
+          f"{baselines['histogram']['bpd']:.3f}")
     return 0
 
 

@@ -16,6 +16,8 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_splits
 from vaepipe.io import write_json
+from vaepipe.models.batches import binarize_fixed
+from vaepipe.models.likelihoods import training_pixels
 from vaepipe.models.vae import MODELS, build_model, model_args
 from vaepipe.train.device import DeviceError, resolve_device
 from vaepipe.train.loop import TrainingDiverged, fit, summarize, write_history
@@ -41,6 +43,9 @@ def main(argv=None) -> int:
         return 2
 
     section = getattr(params, args.model)
+    pixels = training_pixels(section.likelihood, params.data.dequantize, params.data.binarize)
+    if pixels == "binarized":  # validated on one fixed binarization, as evaluate tests
+        val_x = binarize_fixed(val_x)
     torch.manual_seed(params.seed)
     model = build_model(args.model, image_shape=tuple(train_x.shape[1:]),
                         **model_args(args.model, section))
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
     try:
         result = fit(model, train_x, val_x, section, params.beta, params.seed, device,
                      checkpoint_dir=args.checkpoints, meta=meta,
-                     dequantize=params.data.dequantize, on_epoch=epoch_done)
+                     pixels=pixels, on_epoch=epoch_done)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

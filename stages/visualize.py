@@ -4,7 +4,8 @@
         --evaluate data/evaluate --evaluate-json reports/evaluate.json \
         --evaluation-md reports/evaluation.md --sweep-md reports/sweep.md \
         --sweep-dir reports/sweep --train-reports reports/train \
-        --figures reports/figures --report reports/report.md --html reports/report.html
+        --figures reports/figures --report reports/report.md --html reports/report.html \
+        --noise reports/noise.json --baselines reports/baselines.json
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split
+from vaepipe.data.baselines import read_baselines
 from vaepipe.data.catalog import DataFormatError, get_spec
 from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models, draw_overview,
                                      load_evaluation)
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
                  "sweep-dir", "train-reports", "figures", "report", "html"):
         ap.add_argument(f"--{name}", required=True, type=Path)
     ap.add_argument("--noise", type=Path, help="the seeds' spread, from `make compare`")
+    ap.add_argument("--baselines", type=Path, help="the codecs' rates, from the split stage")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     start = time.perf_counter()
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
         metrics = json.loads(args.evaluate_json.read_text()) if args.evaluate_json.is_file() else {}
         noise = (json.loads(args.noise.read_text())
                  if args.noise is not None and args.noise.is_file() else None)
+        baselines = read_baselines(args.baselines) if args.baselines is not None else None
         runs = []
         for m in MODELS:
             evaluations = {c: load_evaluation(args.evaluate / m / f"{c}.npz", test_y)
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
                             key=lambda p: float(p.parent.name.removeprefix("beta_")))}
     markdown = build_markdown(info, entries, args.report.parent,
                               read_optional(args.evaluation_md), read_optional(args.sweep_md),
-                              gifs, {k: v for k, v in metrics.items() if k in MODELS}, noise)
+                              gifs, {k: v for k, v in metrics.items() if k in MODELS}, noise,
+                              baselines)
     write_text(args.report, markdown)
     write_text(args.html, markdown_to_html(markdown, args.report.parent,
                                            f"VAE report: {spec.name}"))

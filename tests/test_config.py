@@ -79,7 +79,7 @@ REJECTED = [
     ({"mlp": {"activation": "gelu"}}, "mlp.activation must be one of relu, leaky_relu; got 'gelu'"),
     ({"mlp": {"negative_slope": 1.0}}, "mlp.negative_slope must be >= 0 and < 1, got 1.0"),
     ({"conv": {"likelihood": "mse"}},
-     "conv.likelihood must be one of bernoulli, gaussian; got 'mse'"),
+     "conv.likelihood must be one of bernoulli, gaussian, continuous_bernoulli, discretized_logistic; got 'mse'"),
     ({"conv": {"obs_std": 0}}, "conv.obs_std must be > 0, got 0.0"),
     ({"conv": {"optimizer": "sgd"}}, "conv.optimizer must be one of adam, adamw; got 'sgd'"),
     ({"conv": {"grad_clip": -1}}, "conv.grad_clip must be >= 0, got -1.0"),

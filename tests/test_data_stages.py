@@ -42,8 +42,8 @@ def write_params(directory: Path, **data_section: object) -> None:
 @pytest.mark.parametrize("script,args,key,value", [
     ("download.py", ["--out", "raw"], "data.dataset", "svhn"),
     ("download.py", ["--out", "raw"], "data.mirror", 3),
-    ("split.py", ["--raw", "raw", "--out", "out", "--metrics", "m.json"], "data.val_fraction", 1.5),
-    ("split.py", ["--raw", "raw", "--out", "out", "--metrics", "m.json"], "data.split_seed", -1),
+    ("split.py", ["--raw", "raw", "--out", "out", "--metrics", "m.json", "--baselines", "b.json"], "data.val_fraction", 1.5),
+    ("split.py", ["--raw", "raw", "--out", "out", "--metrics", "m.json", "--baselines", "b.json"], "data.split_seed", -1),
 ])
 def test_bad_params_exit_2_naming_the_key(tmp_path, script, args, key, value) -> None:
     write_params(tmp_path, **{key.split(".")[1]: value})
@@ -56,7 +56,7 @@ def test_bad_params_exit_2_naming_the_key(tmp_path, script, args, key, value) ->
 def test_split_stage_reports_missing_raw_data_with_exit_1(tmp_path) -> None:
     write_params(tmp_path)
     proc = run_stage("split.py", "--raw", "raw", "--out", "out", "--metrics", "m.json",
-                     cwd=tmp_path)
+                     "--baselines", "b.json", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr == "error: raw: no such directory; run the download stage first\n"
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from vaepipe.data.arrays import load_split, save_arrays
+from vaepipe.data.baselines import baseline_rates
 from vaepipe.evaluate.evaluation import METRICS
+from vaepipe.io import write_json
 from vaepipe.models.vae import MODELS
 from vaepipe.train.checkpoints import CHECKPOINTS
 
@@ -118,6 +120,8 @@ def tiny_split(tmp_path):
     for name, n in (("train", 40), ("val", 10), ("test", 20)):
         save_arrays(data / f"{name}.npz", rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
                     np.arange(n, dtype=np.int64) % 10)
+    write_json(data / "baselines.json", baseline_rates(load_split(data, "train")[0],
+                                                       load_split(data, "test")[0]))
     return data
 
 
@@ -126,7 +130,7 @@ def _evaluate_args(tmp_path, data):
             "--classifier", str(tmp_path / "models/classifier.pt"),
             "--arrays", str(tmp_path / "arrays"), "--metrics", str(tmp_path / "evaluate.json"),
             "--details", str(tmp_path / "details.json"), "--summary", str(tmp_path / "eval.md"),
-            "--params", str(tmp_path / "params.yaml")]
+            "--baselines", str(data / "baselines.json"), "--params", str(tmp_path / "params.yaml")]
 
 
 @pytest.mark.parametrize("params,message", [
@@ -230,7 +234,7 @@ def test_evaluate_stage_in_process_writes_every_output(tmp_path, tiny_split):
     assert "| NELBO (nats) |" in summary and "test accuracy is 50.00 %" in summary
     # every row of a markdown table has as many cells as its header (an unescaped | splits one)
     tables = re.findall(r"(?:^\|.*\n)+", summary, flags=re.M)
-    assert len(tables) == 4
+    assert len(tables) == 5  # rates and baselines, mlp, conv, frozen latents, reference points
     for table in tables:
         widths = {len(re.split(r"(?<!\\)\|", row)) for row in table.splitlines()}
         assert len(widths) == 1, table

@@ -366,6 +366,13 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     assert m["nelbo_se"] == pytest.approx(scipy.stats.sem(recon + kl))
     assert m["bpd_se"] == pytest.approx(m["nelbo_se"] / (784 * math.log(2)))
     assert m["iwae_nll_se"] == pytest.approx(math.hypot(m["nelbo_se"], m["iwae_gain_se"]))
+    # the 8-bit rate: the same decoder scored as a continuous Bernoulli on dequantized pixels
+    r8, kl8 = (t.numpy() for t in elbo_per_image(model, ref.test_x, TrainConfig(), "dequantized",
+                                                 1000 + NOISE_ELBO, "continuous_bernoulli"))
+    assert m["bpd_8bit"] == pytest.approx(((r8 + kl8).mean() + 784 * math.log(256))
+                                          / (784 * math.log(2)))
+    assert m["bpd_8bit_se"] == pytest.approx(scipy.stats.sem(r8 + kl8) / (784 * math.log(2)))
+    assert m["bpd_8bit_iwae"] < m["bpd_8bit"]
     assert m["probe_accuracy_se"] == pytest.approx(
         math.sqrt(m["probe_accuracy"] * (1 - m["probe_accuracy"]) / 39))
     assert TINY.prior_draws == 10 and m["fid_se"] > 0 and m["precision_se"] >= 0
@@ -387,3 +394,32 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     again = evaluate_checkpoint(model, TrainConfig(), ref, classifier, TINY, 1)
     assert again.metrics == result.metrics
     np.testing.assert_array_equal(again.arrays["frozen"], a["frozen"])
+
+
+def test_each_likelihood_gets_its_rate_and_a_binarized_model_none():
+    train, val, test, classifier, _ = _tiny_setup()
+    ref = build_reference(train, val, test, classifier, TINY, 1, torch.device("cpu"))
+    torch.manual_seed(0)
+    dl = build_model("mlp", image_shape=(1, 28, 28), latent_dim=3, hidden=(16,),
+                     likelihood="discretized_logistic").eval()
+    m = evaluate_checkpoint(dl, TrainConfig(likelihood="discretized_logistic"), ref, classifier,
+                            TINY, 1).metrics
+    # exact probabilities of the levels: the rate is the NELBO in bits, no floor of a BCE
+    assert m["bpd_8bit"] == m["bpd"] and "nelbo_above_floor" not in m
+    assert list(m) == [k for k in METRICS if k not in ("nelbo_above_floor",
+                                                       "nelbo_above_floor_se")]
+    binary = evaluate_checkpoint(build_model("mlp", image_shape=(1, 28, 28), latent_dim=3,
+                                             hidden=(16,)).eval(), TrainConfig(), ref,
+                                 classifier, TINY, 1, binarized=True).metrics
+    assert not any(k.startswith("bpd_8bit") for k in binary)
+    # binary pixels have no entropy left for a Bernoulli floor
+    assert binary["nelbo_above_floor"] == pytest.approx(binary["nelbo"])
+
+
+def test_the_iwae_bound_on_the_whole_test_set_is_its_own_mean():
+    train, val, test, classifier, model = _tiny_setup()
+    whole = TINY.model_copy(update={"iwae_images": len(test[0])})
+    ref = build_reference(train, val, test, classifier, whole, 1, torch.device("cpu"))
+    result = evaluate_checkpoint(model, TrainConfig(), ref, classifier, whole, 1)
+    assert result.details["iwae"]["images"] == len(test[0])
+    assert result.metrics["iwae_nll"] == pytest.approx(result.details["iwae"]["subset_iwae_nll"])

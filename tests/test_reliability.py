@@ -44,8 +44,10 @@ from conftest import load_stage
 from tiny import ALL_STAGES
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split, load_splits, save_arrays
+from vaepipe.data.baselines import baseline_rates
 from vaepipe.data.catalog import CIFAR_DIR, DataFormatError, DataSourceError
 from vaepipe.data.sources import fetch_raw
+from vaepipe.io import write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_DIRS = ("data", "models", "reports")
@@ -444,6 +446,8 @@ def test_evaluate_stage_names_a_mismatched_checkpoint(tmp_path, monkeypatch, cap
         save_arrays(tmp_path / f"data/{name}.npz",
                     rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
                     np.arange(n, dtype=np.int64) % 10)
+    write_json(tmp_path / "data/baselines.json", baseline_rates(
+        load_split(tmp_path / "data", "train")[0], load_split(tmp_path / "data", "test")[0]))
     save_checkpoint(tmp_path / "models/classifier.pt", Classifier((1, 28, 28), 10, (4,), 8),
                     {"epochs": 1, "metrics": {}})
     for kind, args in (("mlp", {"hidden": (8,)}), ("conv", {"channels": (4,)})):
@@ -458,7 +462,7 @@ def test_evaluate_stage_names_a_mismatched_checkpoint(tmp_path, monkeypatch, cap
     code = load_stage("evaluate.py").main([
         "--data", "data", "--models", "models", "--classifier", "models/classifier.pt",
         "--arrays", "arrays", "--metrics", "evaluate.json", "--details", "details.json",
-        "--summary", "evaluation.md"])
+        "--summary", "evaluation.md", "--baselines", "data/baselines.json"])
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.splitlines()

@@ -72,7 +72,13 @@ def test_report_shows_pictures_and_one_results_table_before_the_long_tables(buil
     # samples and reconstructions of both models, and nothing else, come first
     assert sorted(Path(link).name for link in figure_links(glance)) == sorted(
         f"{m}_{name}.png" for m in ("mlp", "conv") for name in ("reconstructions", "samples_8x8"))
-    assert "| MLP VAE | `epoch_01` | 545.00 |" in glance and "| Conv VAE | `best` |" in glance
+    assert "| MLP VAE | `epoch_01` | 5.500 | 545.00 |" in glance
+    assert "| Conv VAE | `best` |" in glance
+    # the codecs beside the models: the best checkpoint (4.5 bits/dim) beats PNG and the
+    # histogram, not xz
+    assert ("The same test images cost PNG 5.200, xz 3.900, the histogram 4.600 bits/dim"
+            in glance)
+    assert "MLP VAE beats PNG and the histogram; Conv VAE beats PNG and the histogram" in glance
     assert vizdata.EVALUATION_MD.strip() in rest     # the per-checkpoint tables after them
     # the run named in one line above the pictures; its details below them
     head = text.split("## At a glance")[0]

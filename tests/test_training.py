@@ -177,7 +177,7 @@ def test_conv_with_gaussian_likelihood_on_cifar_shape():
 def test_dequantize_maps_into_unit_interval_without_clipping():
     x = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
-    y = to_unit_float(x, dequantize=True, generator=gen)
+    y = to_unit_float(x, "dequantized", generator=gen)
     assert torch.all(y >= x.float() / 256) and torch.all(y < (x.float() + 1) / 256)
     assert torch.equal(to_unit_float(x), x.float() / 255)
 

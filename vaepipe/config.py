@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Dataset = Literal["fashion-mnist", "mnist", "cifar10"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Activation = Literal["relu", "leaky_relu"]
-Likelihood = Literal["bernoulli", "gaussian"]
+Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic"]
+Binarize = Literal["none", "dynamic"]
 Optimizer = Literal["adam", "adamw"]
 KLSchedule = Literal["constant", "linear", "cyclical"]
 
@@ -46,6 +47,8 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False)
     split_seed: int = Field(42, ge=0)
     dequantize: bool = Field(False, description="add U[0,1) noise to the 8-bit pixels")
+    binarize: Binarize = Field("none", description="dynamic: Bernoulli pixels drawn anew each "
+                                                   "training epoch, once for validation/test")
 
 
 class TrainConfig(_Section):
@@ -259,6 +262,20 @@ def check_batch_size(key: str, batch_size: int, images: int) -> None:
         raise ConfigError(f"{key} must be <= {images} (the training images), got {batch_size}")
 
 
+def _check_pixels(data: DataConfig, name: str, likelihood: str) -> None:
+    """Likelihoods that fix what a model trains on exclude data keys that change it."""
+    if data.binarize == "dynamic" and (likelihood != "bernoulli" and likelihood != "gaussian"
+                                       or data.dequantize):
+        what = "data.dequantize: true" if data.dequantize else f"{name}.likelihood: {likelihood}"
+        raise ConfigError(f"data.binarize: dynamic cannot go with {what}: binarized pixels are "
+                          f"0 or 1, scored by the bernoulli (or gaussian) likelihood; set "
+                          f"data.binarize: none, or that key back")
+    if data.dequantize and likelihood == "discretized_logistic":
+        raise ConfigError(f"data.dequantize: true cannot go with {name}.likelihood: "
+                          f"discretized_logistic, which scores the 256 levels themselves; set "
+                          f"data.dequantize: false")
+
+
 def parse_params(raw: Any) -> Params:
     """Validate a params mapping (as loaded from params.yaml) into :class:`Params`."""
     if raw is None:
@@ -270,6 +287,7 @@ def parse_params(raw: Any) -> Params:
         raise ConfigError(_message(exc.errors(include_url=False)[0])) from None
     for name in ("mlp", "conv"):
         section = getattr(params, name)
+        _check_pixels(params.data, name, section.likelihood)
         if section.kl_schedule == "cyclical" and section.cycles > section.epochs:
             raise ConfigError(f"{name}.cycles must be <= {name}.epochs "
                               f"({section.epochs}), got {section.cycles}")

@@ -8,6 +8,13 @@ All noise comes from generators seeded per purpose, so every checkpoint of a run
 same prior draws and the same subsets (differences between checkpoints are the models'),
 and a rerun on the CPU gives the same numbers bit for bit.
 
+``bpd_8bit`` is a rate of the 8-bit test images every model is scored on (a density of
+dequantized pixels, or the discretized logistic's probabilities; see
+:func:`vaepipe.models.likelihoods.rate_scoring`), so it stands beside codecs and published
+density models; ``bpd`` is seed 000's NELBO / (D ln 2), a rate only where the likelihood is one.
+A model trained with ``data.binarize: dynamic`` is scored on one fixed binarization of the test
+set: its NELBO and IWAE bound are in nats of binary images, and it has no 8-bit rate.
+
 Every number that is a mean over test images has a ``<metric>_se`` beside it, its standard
 error over those images; FID, precision and recall get theirs from repeated fresh prior draws.
 They say how precisely the test set measures this one model, not how much another training
@@ -29,10 +36,11 @@ from vaepipe.evaluate.measures import (active_units, bce_floor, binary_entropy_p
                                        kl_per_dim, knn_radii, precision_recall, probe_accuracy,
                                        share_standard_error, silhouette, standard_error,
                                        subsample, unit_activity)
-from vaepipe.models.batches import decode_mean, encode, in_batches, inference, to_unit_float
+from vaepipe.models.batches import (binarize_fixed, decode_mean, encode, in_batches, inference,
+                                    to_unit_float)
+from vaepipe.models.likelihoods import bits_per_dim_8bit, rate_scoring, recon_per_sample
 from vaepipe.models.vae import VAE
 from vaepipe.train.loop import elbo_per_image
-from vaepipe.train.objective import recon_per_sample
 
 FROZEN_SIGMAS = (0.1, 0.5, 1.0)
 N_SAVED_SAMPLES = 100  # prior samples kept for the figures
@@ -50,7 +58,7 @@ def frozen_key(sigma: float) -> str:
 
 
 # The per-checkpoint metrics, in the order reports/evaluate.json lists them.
-METRICS = ("recon", "recon_se", "kl", "kl_se", "nelbo", "nelbo_se", "bpd", "bpd_se",
+METRICS = ("bpd_8bit", "bpd_8bit_se", "bpd_8bit_iwae", "bpd_8bit_iwae_se", "recon", "recon_se", "kl", "kl_se", "nelbo", "nelbo_se", "bpd", "bpd_se",
            "nelbo_above_floor", "nelbo_above_floor_se", "iwae_nll", "iwae_nll_se", "iwae_gain",
            "iwae_gain_se", "active_units", "fid", "fid_se", "precision", "precision_se",
            "recall", "recall_se", "fid_recon", "probe_accuracy", "probe_accuracy_se",
@@ -69,7 +77,7 @@ def _generator(seed: int, offset: int) -> torch.Generator:
 
 def iwae_bound(model: VAE, images: torch.Tensor, k: int, batch: int,
                generator: torch.Generator, likelihood: str = "bernoulli",
-               obs_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               obs_std: float = 1.0, pixels: str = "levels") -> tuple[np.ndarray, np.ndarray]:
     """Importance-weighted bound (Burda et al. 2015) on -log p(x) of each image, in nats.
 
     For each image, K latents z_k = mu + sigma * eps_k from q(z | x) give log-weights
@@ -77,20 +85,22 @@ def iwae_bound(model: VAE, images: torch.Tensor, k: int, batch: int,
     -log p(x) <= -log (1/K sum_k w_k), computed with log-sum-exp. The decoder runs once per
     ``batch`` images on all their batch * K latents. Returns ``(IWAE bound, Monte-Carlo
     NELBO)`` per image, float64 (N,); the second is -mean_k log w_k, the ordinary ELBO
-    estimate on the same noise (with K = 1 the two are equal).
+    estimate on the same noise (with K = 1 the two are equal). ``pixels``: levels, or
+    dequantized (one draw per image, shared by its K latents: the bound on log p(y) of that y).
     """
     log2pi = math.log(2 * math.pi)
 
     def bounds(images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_unit_float(images_u8)                     # (B, C, H, W)
+        # noise drawn on the CPU generator, then moved: the same on every device
+        x = to_unit_float(images_u8.cpu(), pixels, generator).to(images_u8.device)  # (B, C, H, W)
         mu, logvar = model.encode(x)                     # (B, Z)
         b, zdim = mu.shape
         # drawn on the CPU generator, then moved: the same noise on every device
         eps = torch.randn((b, k, zdim), generator=generator).to(mu.device)  # (B, K, Z)
         z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
-        logits = model.decode(z.reshape(b * k, zdim))    # (B*K, C, H, W)
+        out = model.decode(z.reshape(b * k, zdim))       # (B*K, k C, H, W)
         target = x.repeat_interleave(k, dim=0)
-        log_px = -recon_per_sample(logits, target, likelihood, obs_std).view(b, k)
+        log_px = -recon_per_sample(out, target, likelihood, obs_std).view(b, k)
         log_pz = -0.5 * (z.pow(2) + log2pi).sum(-1)                          # (B, K)
         log_qz = -0.5 * (eps.pow(2) + log2pi + logvar[:, None]).sum(-1)     # (B, K)
         log_w = (log_px + log_pz - log_qz).double()
@@ -131,7 +141,7 @@ class Reference:
     test_y: np.ndarray          # int64 (N,)
     probe_x: torch.Tensor       # uint8, a seeded subset of the training split
     probe_y: np.ndarray
-    iwae_x: torch.Tensor        # uint8, a seeded subset of the test set
+    iwae_index: torch.Tensor    # int64, a seeded subset of the test set (the IWAE gain's)
     test_floor: np.ndarray      # float64 (N,): each test image's BCE floor
     test_features: np.ndarray   # (N, F)
     test_stats: tuple[np.ndarray, np.ndarray]
@@ -179,7 +189,7 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
         "test_images": len(test_x),
     }
     return Reference(test_x, test[1], torch.as_tensor(train[0][probe]).to(device),
-                     train[1][probe], test_x[torch.as_tensor(iwae).to(device)],
+                     train[1][probe], torch.as_tensor(iwae).to(device),
                      binary_entropy_per_image(test[0]), test_features, test_stats,
                      torch.as_tensor(pr), test_features[pr],
                      knn_radii(torch.as_tensor(test_features[pr], dtype=torch.float32),
@@ -206,10 +216,31 @@ class CheckpointResult:
     arrays: dict    # what visualize draws: data/evaluate/<model>/<checkpoint>.npz
 
 
+def _importance_bound(nelbo: np.ndarray, iwae: np.ndarray, mc_nelbo: np.ndarray,
+                      whole_set: bool) -> tuple[float, float, float, float]:
+    """``(bound, its SE, gain, its SE)`` in nats per image from one ELBO pass over the test set
+    (``nelbo``) and the IWAE pass over a subset (``iwae``, ``mc_nelbo`` on the same latents).
+
+    The gain of the bound over the ELBO is measured on the subset, paired (same images, same
+    latents); the test-set bound is the test-set NELBO minus that gain (a difference
+    estimator: its error is the gain's, ~0.1 nats, not the subset's spread of -log p(x), which
+    is tens of nats per image and put the raw subset mean 3.5 nats off). Its standard error
+    treats the two means as independent (the default subset is 3 % of the test set). When the
+    subset is the whole test set (the literature's protocol), the bound is the IWAE mean itself.
+    """
+    gain = mc_nelbo - iwae
+    gain_se = standard_error(gain) if len(gain) > 1 else 0.0
+    if whole_set:
+        return float(iwae.mean()), standard_error(iwae), float(gain.mean()), gain_se
+    bound = float(nelbo.mean() - gain.mean())
+    return bound, math.hypot(standard_error(nelbo), gain_se), float(gain.mean()), gain_se
+
+
 def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
-                        classifier: Classifier, cfg: EvaluateConfig, seed: int
-                        ) -> CheckpointResult:
-    """Every measure of one VAE checkpoint; ``train_cfg`` gives its likelihood (and obs_std).
+                        classifier: Classifier, cfg: EvaluateConfig, seed: int,
+                        binarized: bool = False) -> CheckpointResult:
+    """Every measure of one VAE checkpoint; ``train_cfg`` gives its likelihood (and obs_std),
+    ``binarized`` that it trained with ``data.binarize: dynamic``.
 
     Every call of the model goes through :func:`vaepipe.models.batches.inference`."""
     bs, n = cfg.batch_size, cfg.samples
@@ -222,33 +253,60 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
         timings[name] = now - clock
         clock = now
 
-    pixels = math.prod(model.image_shape)
-    # elbo_per_image is batched by train.loop.EVAL_BATCH and uses one posterior sample per image
-    recon, kl = (t.cpu().numpy() for t in elbo_per_image(
-        model, ref.test_x, train_cfg, dequantize=False, seed=seed * 1000 + NOISE_ELBO))
+    dims = math.prod(model.image_shape)
+    likelihood = train_cfg.likelihood
+    # the images the likelihoods score: the test set, or its one fixed binarization
+    scored = ref.test_x if not binarized else torch.as_tensor(
+        binarize_fixed(ref.test_x.cpu().numpy())).to(ref.test_x.device)
+    # the continuous Bernoulli trained on dequantized pixels is scored on them too
+    pixels = "dequantized" if likelihood == "continuous_bernoulli" else "levels"
+    # (likelihood, pixels) of each scoring: the model's own, and the 8-bit rate's
+    scorings = {"own": (likelihood, pixels)}
+    if not binarized:
+        rate_likelihood, dequantized = rate_scoring(likelihood)
+        scorings["rate"] = (rate_likelihood, "dequantized" if dequantized else "levels")
+    # one ELBO pass per distinct scoring, on the same seeded noise; elbo_per_image is batched by
+    # train.loop.EVAL_BATCH and uses one posterior sample per image
+    elbo = {}
+    for name, (lik, pix) in scorings.items():
+        twin = next((other for other in elbo if scorings[other] == (lik, pix)), None)
+        elbo[name] = elbo[twin] if twin else tuple(t.cpu().numpy() for t in elbo_per_image(
+            model, scored, train_cfg, pix, seed * 1000 + NOISE_ELBO, likelihood=lik))
+    recon, kl = elbo["own"]
     nelbo = recon + kl
     m: dict = {}
-    for key, values in (("recon", recon), ("kl", kl), ("nelbo", nelbo),
-                        ("bpd", bits_per_dim(nelbo, pixels)),
-                        ("nelbo_above_floor", nelbo - ref.test_floor)):
+    series = [("recon", recon), ("kl", kl), ("nelbo", nelbo), ("bpd", bits_per_dim(nelbo, dims))]
+    if likelihood == "bernoulli":  # a floor of the Bernoulli cross-entropy only
+        floor = ref.test_floor if not binarized else binary_entropy_per_image(
+            scored.cpu().numpy())
+        series.append(("nelbo_above_floor", nelbo - floor))
+    if "rate" in scorings:
+        rate_nats = sum(elbo["rate"])
+        series.append(("bpd_8bit", bits_per_dim_8bit(rate_nats, dims, dequantized)))
+    for key, values in series:
         m[key], m[f"{key}_se"] = float(values.mean()), standard_error(values)
     lap("elbo")
 
-    iwae, mc_nelbo = iwae_bound(model, ref.iwae_x, cfg.iwae_samples, cfg.iwae_batch,
-                                _generator(seed, NOISE_IWAE), train_cfg.likelihood,
-                                train_cfg.obs_std)
-    # The gain of the bound over the ELBO is measured on a subset, paired (same images, same
-    # latents); the test-set bound is the test-set NELBO minus that gain (a difference
-    # estimator: its error is the gain's, ~0.1 nats, not the subset's spread of -log p(x),
-    # which is tens of nats per image and put the raw subset mean 3.5 nats off). Its standard
-    # error treats the two means as independent (the subset is 3 % of the test set).
-    gain = mc_nelbo - iwae
-    m["iwae_gain"] = float(gain.mean())
-    m["iwae_gain_se"] = standard_error(gain) if len(gain) > 1 else 0.0
-    m["iwae_nll"] = m["nelbo"] - m["iwae_gain"]
-    m["iwae_nll_se"] = math.hypot(m["nelbo_se"], m["iwae_gain_se"])
+    whole_set = len(ref.iwae_index) == len(ref.test_x)
+    iwae_x = scored[ref.iwae_index]
+    bounds = {}
+    for name, (lik, pix) in scorings.items():
+        twin = next((other for other in bounds if scorings[other] == (lik, pix)), None)
+        # the same generator seed for every scoring: the same latents and dequantization
+        bounds[name] = bounds[twin] if twin else iwae_bound(
+            model, iwae_x, cfg.iwae_samples, cfg.iwae_batch, _generator(seed, NOISE_IWAE), lik,
+            train_cfg.obs_std, pix)
+    iwae, mc_nelbo = bounds["own"]
+    m["iwae_nll"], m["iwae_nll_se"], m["iwae_gain"], m["iwae_gain_se"] = _importance_bound(
+        nelbo, iwae, mc_nelbo, whole_set)
     iwae_details = {"images": len(iwae), "subset_iwae_nll": float(iwae.mean()),
                     "subset_mc_nelbo": float(mc_nelbo.mean())}
+    if "rate" in scorings:
+        rate_bound, rate_se, rate_gain, _ = _importance_bound(rate_nats, *bounds["rate"],
+                                                              whole_set)
+        m["bpd_8bit_iwae"] = bits_per_dim_8bit(rate_bound, dims, dequantized)
+        m["bpd_8bit_iwae_se"] = bits_per_dim(rate_se, dims)
+        iwae_details["rate_gain_nats"] = rate_gain
     lap("iwae")
 
     mu, logvar = encode(model, ref.test_x, bs)
@@ -309,4 +367,5 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
     }
     details = {"kl_per_dim": per_dim.tolist(), "activity": activity.tolist(),
                "iwae": iwae_details, "seconds": timings}
-    return CheckpointResult({k: m[k] for k in METRICS}, details, arrays)
+    # a binarized model has no 8-bit rate; only Bernoulli decoders have a BCE floor
+    return CheckpointResult({k: m[k] for k in METRICS if k in m}, details, arrays)

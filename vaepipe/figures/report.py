@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from vaepipe.config import Params, flatten, to_dict
+from vaepipe.data.baselines import SHORT_NAMES, verdict
 from vaepipe.models.vae import MODELS, model_title
 
 
@@ -92,7 +93,7 @@ def _relative(path: Path, report_dir: Path) -> str:
 
 
 # The headline numbers of the report's first table: (evaluate.json key, header, format)
-HEADLINE = (("nelbo", "test NELBO (nats)", ".2f"), ("iwae_nll", "IWAE bound (nats)", ".2f"),
+HEADLINE = (("bpd_8bit", "bits/dim, 8-bit", ".3f"), ("nelbo", "test NELBO (nats)", ".2f"), ("iwae_nll", "IWAE bound (nats)", ".2f"),
             ("bpd", "bits/dim (seed 000)", ".4f"), ("fid", "FID", ".1f"),
             ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
             ("active_units", "active units", "d"), ("probe_accuracy", "probe accuracy", ".3f"))
@@ -125,6 +126,21 @@ def noise_line(noise: Mapping[str, Any]) -> str:
             f"a model's score from its value on the whole distribution (for FID, precision and "
             f"recall: the spread over fresh prior draws). Every run shares the test images, so "
             f"it is not the noise of a difference between runs.")
+
+
+def baselines_line(results: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   baselines: Mapping[str, Any]) -> str:
+    """The codecs' and the histogram's rates of the same test images (``reports/baselines.json``)
+    and which of them each model's best checkpoint beats."""
+    rates = ", ".join(f"{SHORT_NAMES[k]} {baselines[k]['bpd']:.3f}" for k in SHORT_NAMES)
+    verdicts = [f"{model_title(kind)} {verdict(by_ckpt['best']['bpd_8bit'], baselines)}"
+                for kind, by_ckpt in results.items() if "bpd_8bit" in by_ckpt.get("best", {})]
+    return (f"**Against codecs.** The same test images cost {rates} bits/dim (PNG per image, "
+            f"xz over the whole set, a per-pixel histogram of the training split). At its best "
+            f"checkpoint, " + ("; ".join(verdicts) if verdicts else
+                               "no model has an 8-bit rate (binarized data)") + ". "
+            "Seed 000's bits/dim is NELBO / (D ln 2), a rate only where the likelihood is "
+            "one (not the Bernoulli's on grey levels).")
 
 
 def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
@@ -192,7 +208,8 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
                    evaluation_md: str | None = None, sweep_md: str | None = None,
                    sweep_gifs: Mapping[str, Path] | None = None,
                    results: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
-                   noise: Mapping[str, Any] | None = None) -> str:
+                   noise: Mapping[str, Any] | None = None,
+                   baselines: Mapping[str, Any] | None = None) -> str:
     """The report as markdown; figures and GIFs are linked relative to ``report_dir``.
 
     First one line on what the run was made from, then what a reader wants to see: the
@@ -200,7 +217,8 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
     ``results`` (``evaluate.json``'s numbers); then what was run, the long tables
     (``evaluation_md`` / ``sweep_md``, embedded verbatim; None says they were not built) and
     every other figure. ``sweep_gifs`` maps a beta (as text) to its latent-evolution GIF;
-    ``noise`` (``reports/noise.json``) is the seeds' spread stated under the table.
+    ``noise`` (``reports/noise.json``) is the seeds' spread stated under the table, and
+    ``baselines`` (``reports/baselines.json``) the codecs' rates beside the models'.
     """
     report_dir = Path(report_dir)
     lines = [f"# VAE report: {info.dataset}", "", made_from(info), "",
@@ -215,6 +233,8 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
         lines += _figure_lines(entry, report_dir)
     if results:
         lines += [""] + results_table(results)
+    if results and baselines:
+        lines += ["", baselines_line(results, baselines)]
     if noise and noise.get("metrics"):
         lines += ["", noise_line(noise)]
     lines += [""] + _what_was_run(info)

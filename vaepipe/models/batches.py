@@ -10,22 +10,43 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
+from vaepipe.models.likelihoods import mean_image
 
-def to_unit_float(x: torch.Tensor, dequantize: bool = False,
+PIXELS = ("levels", "dequantized", "binarized")
+# the one binarization of validation and test images (data.binarize: dynamic), whatever the
+# run's seeds, so every binarized model is scored on the same bits
+BINARIZE_SEED = 2016
+
+
+def to_unit_float(x: torch.Tensor, pixels: str = "levels",
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 pixels -> float in [0, 1].
+    """uint8 pixels v -> float in [0, 1], as ``pixels`` says:
 
-    With ``dequantize`` each pixel gets U[0, 1) noise before scaling by 1/256, so the data
-    have a density on [0, 1) (Theis et al. 2016); seed 004 does the same with /255 and a clip.
+    - ``levels``: v / 255;
+    - ``dequantized``: (v + u) / 256 with u ~ U[0, 1) per pixel, so the data have a density on
+      [0, 1) (Theis et al. 2016); seed 004 does the same with /255 and a clip;
+    - ``binarized``: a Bernoulli draw of probability v / 255 per pixel, new at every call.
     """
     x = x.float()
-    if dequantize:
+    if pixels == "dequantized":
         noise = torch.rand(x.shape, generator=generator, device=x.device)
         return (x + noise).div_(256.0)
+    if pixels == "binarized":
+        return torch.bernoulli(x.div_(255.0), generator=generator)
+    if pixels != "levels":
+        raise ValueError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
     return x.div_(255.0)
+
+
+def binarize_fixed(images: np.ndarray, seed: int = BINARIZE_SEED) -> np.ndarray:
+    """One seeded Bernoulli draw of uint8 ``images`` (probability v / 255 per pixel), as uint8
+    0 / 255, so the code that reads grey levels reads them unchanged."""
+    draw = np.random.default_rng(seed).random(images.shape, dtype=np.float32)
+    return np.where(draw < images / np.float32(255.0), 255, 0).astype(np.uint8)
 
 
 @contextlib.contextmanager
@@ -67,17 +88,17 @@ def encode(model, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch
 
 
 def decode_mean(model, z: torch.Tensor, batch: int) -> torch.Tensor:
-    """Mean images sigmoid(decode(z)) in [0, 1], (N, C, H, W), on the model's device.
-
-    Both likelihoods use sigmoid(logits) as the pixel mean (:mod:`vaepipe.train.objective`).
-    ``z`` may live on the CPU; each batch is moved to the model's device.
+    """Mean images of decode(z) in [0, 1], (N, C, H, W), on the model's device: the mean of the
+    model's likelihood (:func:`vaepipe.models.likelihoods.mean_image`; sigmoid(logits) for the
+    Bernoulli). ``z`` may live on the CPU; each batch is moved to the model's device.
     """
     with inference(model):
-        return in_batches(lambda zb: torch.sigmoid(model.decode(zb)), z, batch, device_of(model))
+        return in_batches(lambda zb: mean_image(model.decode(zb), model.likelihood), z, batch,
+                          device_of(model))
 
 
 def reconstruct(model, images: torch.Tensor, batch: int) -> torch.Tensor:
-    """Pixel means sigmoid(decode(mu)) (N, C, H, W) of uint8 ``images``: no sampling."""
+    """Mean images of decode(mu) (N, C, H, W) of uint8 ``images``: no sampling."""
     with inference(model):
-        return in_batches(lambda x: torch.sigmoid(model.decode(model.encode(to_unit_float(x))[0])),
-                          images, batch)
+        return in_batches(lambda x: mean_image(model.decode(model.encode(to_unit_float(x))[0]),
+                                               model.likelihood), images, batch)

@@ -1,8 +1,8 @@
 """VAE models behind one small interface, and a registry that rebuilds them from checkpoints.
 
 Every model maps images (B, C, H, W) in [0, 1] to a diagonal Gaussian posterior and decodes
-latents back to per-pixel *logits* (B, C, H, W); the likelihood in
-:mod:`vaepipe.train.objective` turns logits into a Bernoulli or Gaussian reconstruction term.
+latents back to what its ``likelihood`` (:mod:`vaepipe.models.likelihoods`) reads: per-pixel
+logits (B, C, H, W), and for the discretized logistic per-pixel log-scales too (B, 2C, H, W).
 :data:`MODELS` is the one list of model kinds: stages, checkpoints and figures read it.
 """
 from __future__ import annotations
@@ -13,12 +13,15 @@ import math
 import torch
 from torch import nn
 
+from vaepipe.models.likelihoods import output_channels
+
 
 class VAE(nn.Module):
     """Base class: ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits``, ``forward``.
 
     Subclasses set ``kind`` (the registry key, the params section and the models/ folder),
-    ``title`` (how figures and tables name it), ``image_shape`` and ``latent_dim``, and
+    ``title`` (how figures and tables name it), ``image_shape``, ``latent_dim`` and
+    ``likelihood`` (what the decoder's output parameterises), and
     implement ``encode`` / ``decode``; ``model_args`` holds the constructor arguments, so a
     checkpoint can rebuild the model.
     """
@@ -27,6 +30,7 @@ class VAE(nn.Module):
     title: str = ""
     image_shape: tuple[int, int, int]
     latent_dim: int
+    likelihood: str
     model_args: dict
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,14 +71,16 @@ class MLPVAE(VAE):
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 32,
                  hidden: tuple[int, ...] = (512, 256), activation: str = "leaky_relu",
-                 negative_slope: float = 0.2):
+                 negative_slope: float = 0.2, likelihood: str = "bernoulli"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
+        self.likelihood = likelihood
         self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
                            "hidden": list(hidden), "activation": activation,
-                           "negative_slope": negative_slope}
+                           "negative_slope": negative_slope, "likelihood": likelihood}
         d = math.prod(image_shape)
+        out_shape = (output_channels(likelihood, image_shape[0]), *image_shape[1:])
         layers: list[nn.Module] = [nn.Flatten()]
         prev = d
         for h in hidden:
@@ -88,7 +94,7 @@ class MLPVAE(VAE):
         for h in reversed(hidden):
             layers += [nn.Linear(prev, h), _activation(activation, negative_slope)]
             prev = h
-        layers += [nn.Linear(prev, d), nn.Unflatten(1, self.image_shape)]
+        layers += [nn.Linear(prev, math.prod(out_shape)), nn.Unflatten(1, out_shape)]
         self.decoder = nn.Sequential(*layers)
 
     def encode(self, x):
@@ -96,7 +102,7 @@ class MLPVAE(VAE):
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode(self, z):
-        return self.decoder(z)  # (B, C, H, W) logits
+        return self.decoder(z)  # (B, k C, H, W)
 
 
 def conv_output_sizes(size: int, n_layers: int) -> list[int]:
@@ -119,12 +125,13 @@ class ConvVAE(VAE):
     title = "Conv VAE"
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 16,
-                 channels: tuple[int, ...] = (32, 64)):
+                 channels: tuple[int, ...] = (32, 64), likelihood: str = "bernoulli"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
+        self.likelihood = likelihood
         self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
-                           "channels": list(channels)}
+                           "channels": list(channels), "likelihood": likelihood}
         c_in, height, width = image_shape
         hs = conv_output_sizes(height, len(channels))
         ws = conv_output_sizes(width, len(channels))
@@ -143,7 +150,8 @@ class ConvVAE(VAE):
         self.fc_logvar = nn.Linear(flat, latent_dim)
 
         dec: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.Unflatten(1, self._bottleneck)]
-        outs = list(reversed([c_in, *channels[:-1]]))  # channel counts after each deconv
+        # channel counts after each deconv; the last emits what the likelihood reads
+        outs = list(reversed([output_channels(likelihood, c_in), *channels[:-1]]))
         for i, c_out in enumerate(outs):
             level = len(channels) - i  # decoding from sizes[level] to sizes[level - 1]
             # A stride-2 3x3 transposed conv maps s -> 2s - 1 + output_padding.
@@ -165,7 +173,7 @@ class ConvVAE(VAE):
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode(self, z):
-        return self.decoder(z)  # (B, C, H, W) logits
+        return self.decoder(z)  # (B, k C, H, W)
 
 
 MODELS: dict[str, type[VAE]] = {cls.kind: cls for cls in (MLPVAE, ConvVAE)}

@@ -23,7 +23,8 @@ from vaepipe.models.batches import inference, to_unit_float
 from vaepipe.models.vae import VAE
 from vaepipe.train.checkpoints import CHECKPOINTS, save_checkpoint
 from vaepipe.train.device import device_name
-from vaepipe.train.objective import kl_per_sample, kl_weight, recon_per_sample, vae_loss
+from vaepipe.models.likelihoods import recon_per_sample
+from vaepipe.train.objective import kl_per_sample, kl_weight, vae_loss
 
 EVAL_BATCH = 1000  # images per forward pass when validating
 
@@ -45,30 +46,35 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def elbo_per_image(model: VAE, images: torch.Tensor, cfg: TrainConfig, dequantize: bool = False,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_per_image(model: VAE, images: torch.Tensor, cfg: TrainConfig, pixels: str = "levels",
+                   seed: int = 0, likelihood: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction term -log p(x | z) and KL of each of the uint8 ``images``, in nats.
 
-    One posterior sample per image from a generator seeded with ``seed``, so the same weights
-    always give the same numbers (comparable across epochs). Float64 (N,) tensors on the
-    images' device.
+    ``pixels``: how the images become model inputs (:func:`to_unit_float`); ``likelihood``
+    scores the decoder's output with another likelihood than ``cfg.likelihood`` (the 8-bit
+    rate scores a Bernoulli decoder as a continuous Bernoulli). One posterior sample per image
+    (and one dequantization) from a generator seeded with ``seed``, so the same weights always
+    give the same numbers (comparable across epochs). Float64 (N,) tensors on the images'
+    device.
     """
     gen = torch.Generator(device=images.device).manual_seed(seed)
+    likelihood = likelihood or cfg.likelihood
     recon, kl = [], []
     with inference(model):
         for i in range(0, len(images), EVAL_BATCH):
-            x = to_unit_float(images[i:i + EVAL_BATCH], dequantize, gen)
-            logits, mu, logvar = model(x, gen)
-            recon.append(recon_per_sample(logits, x, cfg.likelihood, cfg.obs_std).double())
+            x = to_unit_float(images[i:i + EVAL_BATCH], pixels, gen)
+            out, mu, logvar = model(x, gen)
+            recon.append(recon_per_sample(out, x, likelihood, cfg.obs_std).double())
             kl.append(kl_per_sample(mu, logvar).double())
     return torch.cat(recon), torch.cat(kl)
 
 
 def evaluate_elbo(model: VAE, images: torch.Tensor, beta: float, cfg: TrainConfig,
-                  dequantize: bool = False, seed: int = 0) -> dict[str, float]:
+                  pixels: str = "levels", seed: int = 0) -> dict[str, float]:
     """Mean loss (at KL weight ``beta``), recon, KL and NELBO over uint8 ``images``: the means
     of :func:`elbo_per_image`."""
-    recon, kl = (t.mean().item() for t in elbo_per_image(model, images, cfg, dequantize, seed))
+    recon, kl = (t.mean().item() for t in elbo_per_image(model, images, cfg, pixels, seed))
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
 
 
@@ -86,12 +92,16 @@ class FitResult:
 def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndarray | torch.Tensor,
         cfg: TrainConfig, beta: float, seed: int, device: torch.device,
         checkpoint_dir: str | Path | None = None, meta: dict | None = None,
-        dequantize: bool = False, progress: bool = True,
+        pixels: str = "levels", progress: bool = True,
         on_epoch: Callable[[FitResult], None] | None = None,
         on_batch: Callable[[int, int, VAE], None] | None = None) -> FitResult:
     """Train ``model`` on uint8 image arrays (N, C, H, W) and validate every epoch.
 
-    The KL weight follows ``cfg.kl_schedule`` towards ``beta``. With ``checkpoint_dir``,
+    ``pixels`` says what the model trains on (:func:`to_unit_float`: levels, dequantized or
+    binarized, drawn anew each epoch); validation scores ``val_images`` as they are, or
+    dequantized (seeded, the same every epoch) when training dequantizes, so a binarized run
+    passes validation images binarized once. The KL weight follows ``cfg.kl_schedule``
+    towards ``beta``. With ``checkpoint_dir``,
     writes the :data:`~vaepipe.train.checkpoints.CHECKPOINTS`: ``epoch_01.pt``, ``best.pt``
     (lowest validation loss at the *target* weight ``beta``, so warm-up epochs cannot win on a
     discounted KL) and ``final.pt``; ``meta`` is stored in each. ``on_batch(epoch, batch,
@@ -117,6 +127,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     meta = {**meta, "optimizer": {"class": type(opt).__name__, "lr": group["lr"],
                                   "weight_decay": group["weight_decay"]}}
     gen = torch.Generator(device=device).manual_seed(seed)
+    val_pixels = "dequantized" if pixels == "dequantized" else "levels"
     first, best, final = CHECKPOINTS
     result = FitResult()
     best_loss = math.inf
@@ -133,9 +144,9 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         bar = tqdm(total=n, desc=f"{model.kind} epoch {epoch}/{cfg.epochs}", unit="img",
                    disable=None if progress else True, leave=False)
         for b in range(n_batches):
-            x = to_unit_float(shuffled[b * bs:(b + 1) * bs], dequantize, gen)
-            logits, mu, logvar = model(x, gen)
-            terms = vae_loss(logits, x, mu, logvar, weight, cfg.likelihood, cfg.obs_std)
+            x = to_unit_float(shuffled[b * bs:(b + 1) * bs], pixels, gen)
+            out, mu, logvar = model(x, gen)
+            terms = vae_loss(out, x, mu, logvar, weight, cfg.likelihood, cfg.obs_std)
             opt.zero_grad(set_to_none=True)
             terms.loss.backward()
             if cfg.grad_clip > 0:
@@ -159,7 +170,7 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         sizes = torch.full((n_batches,), float(bs), device=device)
         sizes[-1] = n - bs * (n_batches - 1)
         train_means = ((stats * sizes[:, None]).sum(0) / n).tolist()
-        val = evaluate_elbo(model, val_x, beta, cfg, dequantize, seed)
+        val = evaluate_elbo(model, val_x, beta, cfg, val_pixels, seed)
         row = {"epoch": epoch, "beta": weight, "lr": opt.param_groups[0]["lr"],
                "train_loss": train_means[0], "train_recon": train_means[1],
                "train_kl": train_means[2], "val_loss": val["loss"], "val_recon": val["recon"],

@@ -2,15 +2,16 @@
 
 All terms are in nats per image: summed over pixels / latent dimensions, averaged over the
 batch (Kingma & Welling 2014, eq. 10, with the Gaussian KL in closed form, their appendix B).
-Training and evaluation weight the terms the same way: ``loss = recon + weight * kl``.
+Training and evaluation weight the terms the same way: ``loss = recon + weight * kl``. The
+reconstruction term is the decoder's likelihood, :mod:`vaepipe.models.likelihoods`.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
+
+from vaepipe.models.likelihoods import recon_per_sample
 
 
 class Terms(NamedTuple):
@@ -24,29 +25,12 @@ def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
 
 
-def recon_per_sample(logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli",
-                     obs_std: float = 1.0) -> torch.Tensor:
-    """-log p(x | z) summed over pixels: (B, C, H, W) -> (B,).
-
-    ``bernoulli``: binary cross-entropy with logits (valid for x in [0, 1], as in the seeds).
-    ``gaussian``: N(x; sigmoid(logits), obs_std^2) per pixel, a proper density in nats.
-    """
-    if likelihood == "bernoulli":
-        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-    elif likelihood == "gaussian":
-        mean = torch.sigmoid(logits)
-        per_pixel = (0.5 * ((x - mean) / obs_std).pow(2)
-                     + math.log(obs_std) + 0.5 * math.log(2 * math.pi))
-    else:
-        raise ValueError(f"likelihood must be bernoulli or gaussian, got {likelihood!r}")
-    return per_pixel.flatten(1).sum(dim=1)
-
-
-def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+def vae_loss(out: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              kl_weight: float = 1.0, likelihood: str = "bernoulli",
              obs_std: float = 1.0) -> Terms:
-    """Batch-mean negative ELBO with a weighted KL term; ``kl_weight=1`` gives the NELBO."""
-    recon = recon_per_sample(logits, x, likelihood, obs_std).mean()
+    """Batch-mean negative ELBO with a weighted KL term; ``kl_weight=1`` gives the NELBO.
+    ``out`` is the decoder's output for pixels ``x``."""
+    recon = recon_per_sample(out, x, likelihood, obs_std).mean()
     kl = kl_per_sample(mu, logvar).mean()
     return Terms(recon + kl_weight * kl, recon, kl)
 
