@@ -134,6 +134,7 @@ def baselines_line(results: Mapping[str, Mapping[str, Mapping[str, float]]],
     and which of them each model's best checkpoint beats."""
     rates = ", ".join(f"{SHORT_NAMES[k]} {baselines[k]['bpd']:.3f}" for k in SHORT_NAMES)
     verdicts = [f"{model_title(kind)} {verdict(by_ckpt['best']['bpd_8bit'], baselines)}"
+                .replace("beats none", "beats none of them")
                 for kind, by_ckpt in results.items() if "bpd_8bit" in by_ckpt.get("best", {})]
     return (f"**Against codecs.** The same test images cost {rates} bits/dim (PNG per image, "
             f"xz over the whole set, a per-pixel histogram of the training split). At its best "
