@@ -1,0 +1,99 @@
+"""Image files as model inputs: which files count, and one deterministic way to decode them.
+
+Files count by torchvision's image extensions (``IMG_EXTENSIONS``). Decoding is Pillow's, then
+always the same steps: EXIF orientation applied, alpha composited on white, 16-bit levels scaled
+to 8 bits, converted to grey (1 channel) or RGB (3), centre-cropped to a square and resized with
+Lanczos to the requested size. The same file always gives the same uint8 array.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+
+class ImageInputError(ValueError):
+    """A path that holds no usable image: one line naming it."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The image files among ``paths``: files as given, folders searched recursively (sorted).
+
+    A path that does not exist, a file that is not an image by its extension, or a folder
+    holding none raises :class:`ImageInputError` naming it.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not inside:
+                raise ImageInputError(f"{path}: no image files in this folder (extensions: "
+                                      f"{', '.join(IMG_EXTENSIONS)})")
+            found += inside
+        elif path.is_file():
+            if not is_image_file(path):
+                raise ImageInputError(f"{path}: not an image file by its extension (allowed: "
+                                      f"{', '.join(IMG_EXTENSIONS)})")
+            found.append(path)
+        else:
+            raise ImageInputError(f"{path}: no such file or folder")
+    return found
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer levels scaled to 0..255; everything else as it is."""
+    if image.mode.startswith("I"):
+        levels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if levels.max() > 255 or image.mode.startswith("I;16") else 255.0
+        return Image.fromarray(np.round(levels * (255.0 / top)).clip(0, 255).astype(np.uint8))
+    return image
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Transparent pixels composited on white, as a viewer shows them."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image
+
+
+def load_image(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image file as uint8 (channels, height, width), ``size`` = (height, width).
+
+    An unreadable or truncated file raises :class:`ImageInputError` naming it.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()  # a truncated file fails here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ImageInputError(f"{path}: not a readable image ({reason})") from None
+    image = _flatten_alpha(_to_8bit(image)).convert("L" if channels == 1 else "RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+def load_images(paths: Iterable[str | Path], channels: int, size: tuple[int, int]
+                ) -> tuple[np.ndarray, list[Path]]:
+    """:func:`image_files` of ``paths``, each through :func:`load_image`: (N, C, H, W) uint8
+    and the files, in that order."""
+    files = image_files(paths)
+    return np.stack([load_image(f, channels, size) for f in files]), files
