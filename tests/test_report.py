@@ -305,3 +305,62 @@ def test_visualize_through_dvc_then_plots_show_and_diff_offline(dvc_project):
     # both revisions' traversal figures, side by side
     assert page.count("mlp_traversal.png") >= 2
     assert "HEAD" in page and "workspace" in page
+
+
+# --------------------------------------------------------------------------------------------
+# Class names are text: escaped in the Markdown, never links the HTML inliner would follow
+
+HOSTILE = ("![x](../../../etc/passwd)", "<img src=x onerror=alert(1)>", "a | b", "$\\alpha$",
+           "*bold* [link](http://example.com)")
+
+
+def test_class_names_stay_text_in_the_report_and_its_html(tmp_path, monkeypatch):
+    import dataclasses
+
+    from vaepipe.data import catalog
+    from vaepipe.data.names import markdown_text
+    from vaepipe.figures import report
+
+    spec = catalog.DATASETS["fashion-mnist"]
+    names = tuple(f"{HOSTILE[i % len(HOSTILE)]} {i}" for i in range(10))  # every pair hostile
+    monkeypatch.setitem(catalog.DATASETS, "fashion-mnist",
+                        dataclasses.replace(spec, class_names=names))
+    root = tmp_path / "viz"
+    root.mkdir()
+    vizdata.write_inputs(root)
+    inlined = []
+    real_data_uri = report.data_uri
+    monkeypatch.setattr(report, "data_uri",
+                        lambda path: inlined.append(Path(path).resolve()) or real_data_uri(path))
+    monkeypatch.chdir(root)
+    assert vizdata.run_stage(root) == 0
+    text = (root / "reports/report.md").read_text()
+    html = (root / "reports/report.html").read_text()
+    # the interpolation's caption names its two classes: each as the characters it holds
+    shown = [n for n in names if markdown_text(n) in text]
+    assert len(shown) == 2, shown
+    rendered = {"![x](../../../etc/passwd)": "![x](../../../etc/passwd)",
+                "<img src=x onerror=alert(1)>": "&lt;img src=x onerror=alert(1)&gt;",
+                "a | b": "a | b", "$\\alpha$": "$\\alpha$",
+                "*bold* [link](http://example.com)": "*bold* [link](http://example.com)"}
+    for name in shown:
+        hostile, number = name.rsplit(" ", 1)
+        assert f"{rendered[hostile]} {number}" in html, name
+    assert not [link for link in figure_links(text) if "passwd" in link]
+    assert inlined and all(p.is_relative_to((root / "reports").resolve()) for p in inlined)
+    assert "<img src=x" not in html and 'href="http://example.com"' not in html
+    assert "<em>bold</em>" not in html
+
+
+def test_the_html_inliner_reads_no_file_outside_the_report_folder(tmp_path):
+    base = tmp_path / "reports"
+    base.mkdir()
+    secret = tmp_path / "secret.png"
+    Image.new("L", (2, 2)).save(secret)
+    with pytest.raises(ValueError, match=r"points outside .*only the report's own files"):
+        markdown_to_html("![x](../secret.png)", base, "t")
+    (base / "link.png").symlink_to(secret)  # a symlink out of the folder is refused too
+    with pytest.raises(ValueError, match="points outside"):
+        markdown_to_html("![x](link.png)", base, "t")
+    Image.new("L", (2, 2)).save(base / "own.png")
+    assert "data:image/png;base64," in markdown_to_html("![x](own.png)", base, "t")

@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vaepipe.config import VisualizeConfig
+from vaepipe.data.names import figure_text, markdown_text
 from vaepipe.evaluate.measures import ACTIVE_THRESHOLD, active_units, kl_per_dim, subsample
 from vaepipe.figures import grids, latent, plots
 from vaepipe.figures.report import FigureEntry
@@ -182,13 +183,14 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         alphas, z = latent.interpolation_latents(ev[c]["mu"][a], ev[c]["mu"][b],
                                                  cfg.interpolation_steps)
         rows[labels[c]] = latent.decode_images(run.decoders[c], z)
-    names = (class_names[test_labels[a]], class_names[test_labels[b]])
+    pair = (class_names[test_labels[a]], class_names[test_labels[b]])
+    names, shown = [figure_text(n) for n in pair], [markdown_text(n) for n in pair]
     path = out / f"{m}_interpolation.png"
     grids.interpolation(rows, alphas, path, f"{title}: interpolation from {names[0]} "
                           f"(test #{a}) to {names[1]} (test #{b}), alpha 0 to 1")
     drawn.append(_entry(path, group, "Interpolation",
                         f"Decoded (1 - alpha) mu_a + alpha mu_b in {cfg.interpolation_steps} "
-                        f"steps between the latent means of a {names[0]} and a {names[1]}."))
+                        f"steps between the latent means of a {shown[0]} and a {shown[1]}."))
 
     # -- traversals around the first endpoint's mean
     walks, row_labels = {}, {}

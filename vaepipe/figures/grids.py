@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
 
+from vaepipe.data.names import figure_text
 from vaepipe.io import atomic_path
 
 DPI = 100
@@ -265,6 +266,6 @@ def class_examples(images: np.ndarray, labels: np.ndarray, class_names: Sequence
             chosen = np.concatenate([chosen, np.ones((per_class - len(idx), *images.shape[1:]),
                                                      images.dtype)])
         rows.append(chosen)
-        names.append(f"{c}: {name}")
+        names.append(f"{c}: {figure_text(name)}")
     panel = Panel(np.stack(rows).astype(np.float32), row_labels=names)
     return image_grid([panel], path, title, scale=2)

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from vaepipe.data.names import figure_text
 from vaepipe.figures.grids import (CLASS_COLORS, PANEL_TITLE_PT, TITLE_PT, TITLE_PX, new_figure,
                                    save_png)
 
@@ -52,7 +53,7 @@ def latent_scatter(panels: Mapping[str, np.ndarray], labels: np.ndarray,
             sel = labels == c
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=4, color=CLASS_COLORS[c % 10],
-                           label=f"{c}: {cname}", alpha=0.8, linewidths=0)
+                           label=f"{c}: {figure_text(cname)}", alpha=0.8, linewidths=0)
         ax.set_title(name, fontsize=PANEL_TITLE_PT)
         ax.set_xlabel(f"{axis_name} 1")
         ax.set_ylabel(f"{axis_name} 2")

@@ -296,20 +296,26 @@ def data_uri(path: str | Path) -> str:
 def markdown_to_html(markdown: str, base_dir: str | Path, title: str) -> str:
     """Render ``markdown`` as one self-contained HTML page.
 
-    Every image with a relative path is read from ``base_dir`` and inlined; a missing file is
-    an error (the page would show a broken image). Raw HTML in the markdown is escaped.
+    Every image with a relative path inside ``base_dir`` is read from there and inlined; a
+    missing file is an error (the page would show a broken image), and so is a link that leads
+    out of ``base_dir`` (``../``, an absolute path or a symlink out): the page never reads or
+    embeds a file the report does not own. Raw HTML in the markdown is escaped.
     """
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("js-default")  # CommonMark + tables, raw HTML off
-    base = Path(base_dir)
+    base = Path(base_dir).resolve()
     tokens = md.parse(markdown)
     for token in tokens:
         for child in token.children or ():
             if child.type == "image":
                 src = str(child.attrGet("src") or "")
                 if ":" not in src.split("/", 1)[0]:  # a relative path, not data:/http:
-                    child.attrSet("src", data_uri(base / src))
+                    target = (base / src).resolve()
+                    if not target.is_relative_to(base):
+                        raise ValueError(f"report image {src!r} points outside {base}; "
+                                         f"only the report's own files are inlined")
+                    child.attrSet("src", data_uri(target))
     body = md.renderer.render(tokens, md.options, {})
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from vaepipe.data.names import markdown_text
+
 
 @dataclass(frozen=True)
 class Column:
@@ -115,8 +117,8 @@ def markdown(runs: Sequence[Run], class_names: Sequence[str], dataset: str) -> s
         "### Beta sweep: measured comparison",
         "",
         f"Conv VAE with a 2-D latent trained for {first['epochs']:.0f} epochs at each KL weight "
-        f"beta on {dataset} classes {', '.join(class_names)}; every column is measured on the "
-        f"{first['test_images']:,.0f} test images of these classes with the final weights.",
+        f"beta on {dataset} classes {', '.join(map(markdown_text, class_names))}; every column "
+        f"is measured on the {first['test_images']:,.0f} test images of these classes with the final weights.",
         "",
         "| beta | " + " | ".join(c.header for c in COLUMNS) + " |",
         "|---:|" + "---:|" * len(COLUMNS),
