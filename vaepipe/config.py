@@ -264,7 +264,7 @@ def check_batch_size(key: str, batch_size: int, images: int) -> None:
 
 def _check_pixels(data: DataConfig, name: str, likelihood: str) -> None:
     """Likelihoods that fix what a model trains on exclude data keys that change it."""
-    if data.binarize == "dynamic" and (likelihood != "bernoulli" and likelihood != "gaussian"
+    if data.binarize == "dynamic" and (likelihood not in ("bernoulli", "gaussian")
                                        or data.dequantize):
         what = "data.dequantize: true" if data.dequantize else f"{name}.likelihood: {likelihood}"
         raise ConfigError(f"data.binarize: dynamic cannot go with {what}: binarized pixels are "

@@ -27,7 +27,7 @@ from vaepipe.data.images import ImageInputError, load_images
 from vaepipe.figures.grids import as_grid, mosaic
 from vaepipe.figures.latent import decode_images, interpolation_latents
 from vaepipe.io import write_bytes, write_npz
-from vaepipe.models.batches import encode
+from vaepipe.models.batches import device_of, encode
 from vaepipe.train.checkpoints import CheckpointError, load_checkpoint
 from vaepipe.train.device import DeviceError, resolve_device
 
@@ -54,17 +54,17 @@ def _inputs(model, paths) -> tuple[np.ndarray, list[Path]]:
     return load_images(paths, c, (h, w))
 
 
-def _means(model, images: np.ndarray) -> np.ndarray:
-    device = next(model.parameters()).device
-    mu, _ = encode(model, torch.as_tensor(images).to(device), BATCH)
-    return mu.cpu().numpy()
+def _latents(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and log-variances (N, Z) of uint8 ``images``."""
+    mu, logvar = encode(model, torch.as_tensor(images).to(device_of(model)), BATCH)
+    return mu.cpu().numpy(), logvar.cpu().numpy()
 
 
 def reconstruct(model, paths, cols: int) -> np.ndarray:
     """Each image above its reconstruction decode(mu): rows alternate inputs and outputs, ``cols``
     images a row."""
     images, _ = _inputs(model, paths)
-    recon = decode_images(model, _means(model, images), BATCH)
+    recon = decode_images(model, _latents(model, images)[0], BATCH)
     originals = as_grid(images.astype(np.float32) / 255.0, cols)
     rebuilt = as_grid(recon, cols)
     rows = np.stack([originals, rebuilt], axis=1)  # (row pairs, 2, cols, C, H, W)
@@ -74,7 +74,7 @@ def reconstruct(model, paths, cols: int) -> np.ndarray:
 def interpolate(model, a, b, steps: int) -> np.ndarray:
     """One row: image ``a``, the decoded straight line between the latent means, image ``b``."""
     images, _ = _inputs(model, [a, b])
-    mu = _means(model, images)
+    mu, _ = _latents(model, images)
     _, z = interpolation_latents(mu[0], mu[1], steps)
     walk = decode_images(model, z, BATCH)
     ends = images.astype(np.float32) / 255.0
@@ -120,10 +120,8 @@ def main(argv=None) -> int:
             out = png_bytes(interpolate(model, args.a, args.b, args.steps))
         else:
             images, files = _inputs(model, args.images)
-            device = next(model.parameters()).device
-            mu, logvar = encode(model, torch.as_tensor(images).to(device), BATCH)
-            out = {"mu": mu.cpu().numpy(), "logvar": logvar.cpu().numpy(),
-                   "files": np.array([str(f) for f in files])}
+            mu, logvar = _latents(model, images)
+            out = {"mu": mu, "logvar": logvar, "files": np.array([str(f) for f in files])}
     except (CheckpointError, DeviceError, ImageInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

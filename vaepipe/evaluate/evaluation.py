@@ -58,7 +58,8 @@ def frozen_key(sigma: float) -> str:
 
 
 # The per-checkpoint metrics, in the order reports/evaluate.json lists them.
-METRICS = ("bpd_8bit", "bpd_8bit_se", "bpd_8bit_iwae", "bpd_8bit_iwae_se", "recon", "recon_se", "kl", "kl_se", "nelbo", "nelbo_se", "bpd", "bpd_se",
+METRICS = ("bpd_8bit", "bpd_8bit_se", "bpd_8bit_iwae", "bpd_8bit_iwae_se", "recon", "recon_se",
+           "kl", "kl_se", "nelbo", "nelbo_se", "bpd", "bpd_se",
            "nelbo_above_floor", "nelbo_above_floor_se", "iwae_nll", "iwae_nll_se", "iwae_gain",
            "iwae_gain_se", "active_units", "fid", "fid_se", "precision", "precision_se",
            "recall", "recall_se", "fid_recon", "probe_accuracy", "probe_accuracy_se",
@@ -236,6 +237,16 @@ def _importance_bound(nelbo: np.ndarray, iwae: np.ndarray, mc_nelbo: np.ndarray,
     return bound, math.hypot(standard_error(nelbo), gain_se), float(gain.mean()), gain_se
 
 
+def _once_per_scoring(scorings: dict, compute) -> dict:
+    """``{name: compute(likelihood, pixels)}`` for ``scorings`` (name -> (likelihood, pixels)),
+    computed once per distinct scoring: a likelihood that is its own rate shares its pass."""
+    done: dict = {}
+    for scoring in scorings.values():
+        if scoring not in done:
+            done[scoring] = compute(*scoring)
+    return {name: done[scoring] for name, scoring in scorings.items()}
+
+
 def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
                         classifier: Classifier, cfg: EvaluateConfig, seed: int,
                         binarized: bool = False) -> CheckpointResult:
@@ -267,11 +278,8 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
         scorings["rate"] = (rate_likelihood, "dequantized" if dequantized else "levels")
     # one ELBO pass per distinct scoring, on the same seeded noise; elbo_per_image is batched by
     # train.loop.EVAL_BATCH and uses one posterior sample per image
-    elbo = {}
-    for name, (lik, pix) in scorings.items():
-        twin = next((other for other in elbo if scorings[other] == (lik, pix)), None)
-        elbo[name] = elbo[twin] if twin else tuple(t.cpu().numpy() for t in elbo_per_image(
-            model, scored, train_cfg, pix, seed * 1000 + NOISE_ELBO, likelihood=lik))
+    elbo = _once_per_scoring(scorings, lambda lik, pix: tuple(t.cpu().numpy() for t in (
+        elbo_per_image(model, scored, train_cfg, pix, seed * 1000 + NOISE_ELBO, lik))))
     recon, kl = elbo["own"]
     nelbo = recon + kl
     m: dict = {}
@@ -289,13 +297,10 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
 
     whole_set = len(ref.iwae_index) == len(ref.test_x)
     iwae_x = scored[ref.iwae_index]
-    bounds = {}
-    for name, (lik, pix) in scorings.items():
-        twin = next((other for other in bounds if scorings[other] == (lik, pix)), None)
-        # the same generator seed for every scoring: the same latents and dequantization
-        bounds[name] = bounds[twin] if twin else iwae_bound(
-            model, iwae_x, cfg.iwae_samples, cfg.iwae_batch, _generator(seed, NOISE_IWAE), lik,
-            train_cfg.obs_std, pix)
+    # the same generator seed for every scoring: the same latents and dequantization
+    bounds = _once_per_scoring(scorings, lambda lik, pix: iwae_bound(
+        model, iwae_x, cfg.iwae_samples, cfg.iwae_batch, _generator(seed, NOISE_IWAE), lik,
+        train_cfg.obs_std, pix))
     iwae, mc_nelbo = bounds["own"]
     m["iwae_nll"], m["iwae_nll_se"], m["iwae_gain"], m["iwae_gain_se"] = _importance_bound(
         nelbo, iwae, mc_nelbo, whole_set)
