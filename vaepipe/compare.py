@@ -33,14 +33,15 @@ from vaepipe.io import write_json
 
 # what the README's results table reports, each model at its best validation loss
 DEFAULT_METRICS = ("mlp.best.bpd_8bit", "conv.best.bpd_8bit", "mlp.best.nelbo",
-                   "conv.best.nelbo", "mlp.best.iwae_nll", "conv.best.iwae_nll", "mlp.best.fid", "conv.best.fid", "mlp.best.precision",
-                   "conv.best.precision", "mlp.best.recall", "conv.best.recall",
-                   "mlp.best.probe_accuracy", "conv.best.probe_accuracy")
+                   "conv.best.nelbo", "mlp.best.iwae_nll", "conv.best.iwae_nll", "mlp.best.fid",
+                   "conv.best.fid", "mlp.best.precision", "conv.best.precision",
+                   "mlp.best.recall", "conv.best.recall", "mlp.best.probe_accuracy",
+                   "conv.best.probe_accuracy")
 ALPHA = 0.05
 # the direction of "better" by a metric's last name: -1 lower is better, +1 higher is better
 LOWER = {"recon", "nelbo", "bpd", "bpd_8bit", "bpd_8bit_iwae", "nelbo_above_floor", "iwae_nll",
-         "fid", "fid_recon", "best_val_loss", "best_val_nelbo", "best_val_recon", "final_val_nelbo", "test_recon",
-         "test_nelbo"}
+         "fid", "fid_recon", "best_val_loss", "best_val_nelbo", "best_val_recon",
+         "final_val_nelbo", "test_recon", "test_nelbo"}
 HIGHER = {"precision", "recall", "probe_accuracy", "silhouette", "test_accuracy",
           "val_accuracy", "active_units", "test_probe_accuracy"}
 SMALL_GROUPS = ("With 2 or 3 seeds a group, *within noise* is not *no effect*: the test only "

@@ -176,14 +176,15 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
             "dimension is in `reports/evaluate_details.json`.",
             f"- **FID**: Fréchet distance between Gaussians fitted to the classifier's "
             f"penultimate features of {r['samples']:,} prior samples z ~ N(0, I) decoded to "
-            f"the likelihood's mean image (sigmoid(logits) for the Bernoulli), and of all {r['test_images']:,} test images "
+            f"the likelihood's mean image (sigmoid(logits) for the Bernoulli), and of all "
+            f"{r['test_images']:,} test images "
             f"(`scipy.linalg.sqrtm`, tiny imaginary parts dropped). Not comparable with "
             f"Inception FIDs from papers.",
             f"- **precision / recall**: Kynkäänniemi et al. 2019 with k = {cfg.pr_neighbours}, "
             f"in the same feature space, {r['samples']:,} prior samples against a seeded subset "
             f"of as many test images.",
-            f"- **FID, reconstructions**: the mean images of decode(mu) of the same {r['samples']:,} "
-            f"seeded test images against all test images, as for the samples.",
+            f"- **FID, reconstructions**: the mean images of decode(mu) of the same "
+            f"{r['samples']:,} seeded test images against all test images, as for the samples.",
             f"- **linear probe**: logistic regression (standardised inputs) on the posterior "
             f"means of {cfg.probe_images:,} seeded training images, scored on the test set.",
             f"- **silhouette**: scikit-learn's silhouette score of the test posterior means, "

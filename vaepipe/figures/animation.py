@@ -83,7 +83,8 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     scatters = []
     for k, (cls, name) in enumerate(zip(class_ids, class_names)):
         points = ax.scatter([], [], s=6, alpha=0.6, color=colours(k % 10),
-                            label=f"{cls}: {figure_text(name)}", linewidths=0, animated=True)
+                            label=f"{cls}: {figure_text(name)}", linewidths=0,
+                            animated=True)
         scatters.append((labels == cls, points))
     for radius in (1, 2):  # the prior N(0, I): 1 and 2 standard deviations
         ax.add_patch(Circle((0, 0), radius, fill=False, ls="--", lw=0.8, color="0.6"))

@@ -93,8 +93,8 @@ def _relative(path: Path, report_dir: Path) -> str:
 
 
 # The headline numbers of the report's first table: (evaluate.json key, header, format)
-HEADLINE = (("bpd_8bit", "bits/dim, 8-bit", ".3f"), ("nelbo", "test NELBO (nats)", ".2f"), ("iwae_nll", "IWAE bound (nats)", ".2f"),
-            ("bpd", "bits/dim (seed 000)", ".4f"), ("fid", "FID", ".1f"),
+HEADLINE = (("bpd_8bit", "bits/dim, 8-bit", ".3f"), ("nelbo", "test NELBO (nats)", ".2f"),
+            ("iwae_nll", "IWAE bound (nats)", ".2f"), ("bpd", "bits/dim (seed 000)", ".4f"), ("fid", "FID", ".1f"),
             ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
             ("active_units", "active units", "d"), ("probe_accuracy", "probe accuracy", ".3f"))
 HEADLINE_CHECKPOINTS = ("epoch_01", "best")

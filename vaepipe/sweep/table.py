@@ -118,7 +118,8 @@ def markdown(runs: Sequence[Run], class_names: Sequence[str], dataset: str) -> s
         "",
         f"Conv VAE with a 2-D latent trained for {first['epochs']:.0f} epochs at each KL weight "
         f"beta on {dataset} classes {', '.join(map(markdown_text, class_names))}; every column "
-        f"is measured on the {first['test_images']:,.0f} test images of these classes with the final weights.",
+        f"is measured on the {first['test_images']:,.0f} test images of these classes with the "
+        f"final weights.",
         "",
         "| beta | " + " | ".join(c.header for c in COLUMNS) + " |",
         "|---:|" + "---:|" * len(COLUMNS),
