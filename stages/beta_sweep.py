@@ -19,12 +19,12 @@ import torch
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
-from vaepipe.data.arrays import load_splits
-from vaepipe.data.catalog import get_spec
+from vaepipe.data.arrays import load_splits, read_class_names
+from vaepipe.data.names import resolve_classes
 from vaepipe.figures.animation import render_gif
 from vaepipe.io import write_json
 from vaepipe.models.vae import build_model
-from vaepipe.sweep.frames import FrameRecorder, frame_steps, probe_indices
+from vaepipe.sweep.frames import FrameRecorder, frame_steps, probe_indices, strip_pixels
 from vaepipe.sweep.study import KIND, measure, select_classes, train_config
 from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, resolve_device
@@ -48,12 +48,13 @@ def main(argv=None) -> int:
         params = load_params(args.params)
         device = resolve_device(params.device)
         sweep = params.sweep
-        names = get_spec(params.data.dataset).class_names
+        names = read_class_names(args.data)
+        classes = resolve_classes(sweep.classes, names, str(args.data))
         train, val, test = load_splits(args.data, "train", "val", "test")
-        train_x, train_y = select_classes(*train, sweep.classes)
-        val_x, _ = select_classes(*val, sweep.classes)
-        test_x, test_y = select_classes(*test, sweep.classes)
-        probe = probe_indices(test_y, sweep.classes, PROBE_PER_CLASS)
+        train_x, train_y = select_classes(*train, classes)
+        val_x, _ = select_classes(*val, classes)
+        test_x, test_y = select_classes(*test, classes)
+        probe = probe_indices(test_y, classes, PROBE_PER_CLASS)
         check_batch_size("sweep.batch_size", sweep.batch_size, len(train_x))
     except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -90,9 +91,9 @@ def main(argv=None) -> int:
     metrics["train_seconds"] = result.train_seconds
 
     start = time.perf_counter()
-    class_names = [names[c] for c in sweep.classes]
-    render_gif(args.gif, recorder.frames, test_y[probe], sweep.classes, class_names,
-               test_x[probe[:STRIP], 0], f"beta = {args.beta:g}", cfg.epochs, batches)
+    class_names = [names[c] for c in classes]
+    render_gif(args.gif, recorder.frames, test_y[probe], classes, class_names,
+               strip_pixels(test_x[probe[:STRIP]]), f"beta = {args.beta:g}", cfg.epochs, batches)
     metrics["render_seconds"] = time.perf_counter() - start
     write_json(args.metrics, metrics)
     print(f"beta {args.beta:g}: test recon {metrics['test_recon']:.2f}, KL "

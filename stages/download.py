@@ -3,7 +3,10 @@
     python stages/download.py --out data/raw/<dataset>
 
 Sources (see :func:`vaepipe.data.sources.fetch_raw`): ``data.mirror``, the standard local directory,
-then the official download. Exit codes: 0 done, 1 no source worked, 2 bad params or arguments.
+then the official download. With ``data.dataset: folder`` it ingests the image folder
+``data.path`` instead (:func:`vaepipe.data.folder.ingest_folder`): ``images.npz`` and a manifest
+of every file used and skipped. Exit codes: 0 done, 1 no source worked (or the folder holds no
+usable image), 2 bad params or arguments.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.catalog import DataError
+from vaepipe.data.folder import ingest_folder
 from vaepipe.data.sources import fetch_raw
 
 
@@ -30,12 +34,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    data = params.data
     try:
-        source = fetch_raw(params.data.dataset, args.out, mirror=params.data.mirror)
+        if data.dataset == "folder":
+            manifest = ingest_folder(data.path, args.out, data.image_size, data.channels)
+        else:
+            source = fetch_raw(data.dataset, args.out, mirror=data.mirror)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{params.data.dataset}: raw files in {args.out} (from {source})")
+    if data.dataset != "folder":
+        print(f"{data.dataset}: raw files in {args.out} (from {source})")
+        return 0
+    counts = manifest["counts"]
+    print(f"{data.path}: {counts['used']} images of {len(manifest['class_names'])} class(es) "
+          f"at {manifest['channels']}x{data.image_size}x{data.image_size} in {args.out}; "
+          f"{counts['skipped']} skipped (listed with the reason in {args.out}/manifest.json)")
     return 0
 
 

@@ -23,6 +23,7 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
 from vaepipe.data.arrays import load_split
 from vaepipe.data.baselines import read_baselines
+from vaepipe.data.names import dataset_label
 from vaepipe.evaluate.classifier import load_classifier
 from vaepipe.evaluate.evaluation import build_reference, evaluate_checkpoint, same_weights
 from vaepipe.evaluate.summary import summary_markdown
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     dims = {kind: by_ckpt["best"][0].latent_dim for kind, by_ckpt in models.items()}
     likelihoods = {kind: by_ckpt["best"][0].likelihood for kind, by_ckpt in models.items()}
     summary = summary_markdown({k: metrics[k] for k in MODELS}, ref.numbers, clf, cfg, seed,
-                               params.data.dataset, dims, baselines, likelihoods)
+                               dataset_label(params.data), dims, baselines, likelihoods)
     write_json(args.metrics, metrics)
     write_json(args.details, details)
     write_text(args.summary, summary)

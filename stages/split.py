@@ -1,4 +1,4 @@
-"""DVC stage ``split``: hold out a seeded validation split and save train/val/test arrays.
+"""DVC stage ``split``: hold out seeded validation (and, for a folder, test) splits and save them.
 
     python stages/split.py --raw data/raw/<dataset> --out data/processed/<dataset> \
         --metrics reports/split.json --baselines reports/baselines.json
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     data = params.data
     try:
         manifest = write_split(args.raw, args.out, data.dataset, data.val_fraction,
-                               data.split_seed)
+                               data.split_seed, data.test_fraction)
     except (DataError, ValueError, FileNotFoundError) as exc:
         # DataFormatError names the bad file; ValueError: a split left empty by val_fraction;
         # FileNotFoundError: a missing raw file (run the download stage first)

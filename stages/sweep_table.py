@@ -2,7 +2,8 @@
 
     python stages/sweep_table.py --metrics 'reports/sweep/beta_*/metrics.json' \
         --histories 'reports/sweep/beta_*/history.csv' --csv reports/sweep.csv \
-        --markdown reports/sweep.md --json reports/sweep.json --curves reports/sweep_curves.csv
+        --markdown reports/sweep.md --json reports/sweep.json --curves reports/sweep_curves.csv \
+        --data data/processed/fashion-mnist
 
 The ``*`` of each pattern is the beta as DVC spells it; only the betas in ``sweep.betas``
 are tabulated.
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
-from vaepipe.data.catalog import get_spec
+from vaepipe.data.arrays import read_class_names
+from vaepipe.data.names import dataset_label, resolve_classes
 from vaepipe.io import atomic_path, write_json, write_text
 from vaepipe.sweep.table import collect_runs, curves, markdown, metrics_tree, table
 
@@ -28,22 +30,25 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", required=True, type=Path)
     ap.add_argument("--json", required=True, type=Path)
     ap.add_argument("--curves", required=True, type=Path)
+    ap.add_argument("--data", required=True, type=Path,
+                    help="the split's directory, whose manifest names the classes")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)
         runs = collect_runs(args.metrics, args.histories, params.sweep.betas)
         tree = metrics_tree(runs)
+        names = read_class_names(args.data)
+        classes = resolve_classes(params.sweep.classes, names, str(args.data))
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    names = get_spec(params.data.dataset).class_names
     with atomic_path(args.csv) as tmp:
         table(runs).to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(args.curves) as tmp:
         curves(runs).to_csv(tmp, index=False, float_format="%.6g")
-    text = markdown(runs, [names[c] for c in params.sweep.classes], params.data.dataset)
+    text = markdown(runs, [names[c] for c in classes], dataset_label(params.data))
     write_text(args.markdown, text)
     write_json(args.json, tree)
     print(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vaepipe import runtime
-from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
+from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict, training_data
 from vaepipe.data.arrays import load_splits
 from vaepipe.io import write_json
 from vaepipe.models.batches import binarize_fixed
@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     torch.manual_seed(params.seed)
     model = build_model(args.model, image_shape=tuple(train_x.shape[1:]),
                         **model_args(args.model, section))
-    # not data.mirror: where the raw files came from is no param of this stage, and the same
-    # files from another directory must give the same checkpoint bytes (and DVC hashes)
-    data = {k: v for k, v in to_dict(params.data).items() if k != "mirror"}
+    # not data.mirror: the same files from another directory must give the same checkpoint
+    # bytes (and DVC hashes); nor a folder's keys, unless the data is a folder
+    data = training_data(params.data)
     meta = {"params": {"seed": params.seed, "beta": params.beta, "device": params.device,
                        "data": data, args.model: to_dict(section)}}
 

@@ -16,8 +16,7 @@ import torch
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params, to_dict
-from vaepipe.data.arrays import load_splits
-from vaepipe.data.catalog import NUM_CLASSES
+from vaepipe.data.arrays import load_splits, read_class_names
 from vaepipe.evaluate.classifier import Classifier, accuracy, train_classifier
 from vaepipe.io import write_json
 from vaepipe.train.checkpoints import save_checkpoint
@@ -40,7 +39,8 @@ def main(argv=None) -> int:
         cfg = params.classifier
         train_x, train_y = splits["train"]
         torch.manual_seed(cfg.seed)  # the initial weights
-        model = Classifier(tuple(train_x.shape[1:]), NUM_CLASSES, cfg.channels, cfg.features)
+        classes = len(read_class_names(args.data))
+        model = Classifier(tuple(train_x.shape[1:]), classes, cfg.channels, cfg.features)
     except (ConfigError, DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

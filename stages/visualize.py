@@ -20,9 +20,10 @@ import numpy as np
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
-from vaepipe.data.arrays import load_split
+from vaepipe.data.arrays import load_split, read_class_names
 from vaepipe.data.baselines import read_baselines
-from vaepipe.data.catalog import DataFormatError, get_spec
+from vaepipe.data.catalog import DataFormatError
+from vaepipe.data.names import dataset_label
 from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models, draw_overview,
                                      load_evaluation)
 from vaepipe.figures.report import (RunInfo, build_markdown, changed_params, git_revision,
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         params = load_params(args.params)
-        spec = get_spec(params.data.dataset)
+        class_names = read_class_names(args.data)
         test_x, test_y = load_split(args.data, "test")
         train_x, train_y = load_split(args.data, "train")
         metrics = json.loads(args.evaluate_json.read_text()) if args.evaluate_json.is_file() else {}
@@ -84,15 +85,16 @@ def main(argv=None) -> int:
     for stale in args.figures.glob("*.png"):  # only this run's figures get listed
         stale.unlink()
     entries = draw_overview({r.name: r.history for r, _, _ in runs if r.history},
-                            train_x, train_y, spec.class_names, spec.name, args.figures)
-    entries += draw_models([r for r, _, _ in runs], test_x, test_y, spec.class_names,
+                            train_x, train_y, class_names, dataset_label(params.data),
+                            args.figures)
+    entries += draw_models([r for r, _, _ in runs], test_x, test_y, class_names,
                            params.visualize, params.seed, args.figures)
 
     c, h, w = test_x.shape[1:]
     revision, changed_files = git_revision(inputs=pipeline_files()[0])
     info = RunInfo(
         revision=revision, changed_files=changed_files,
-        dataset=spec.name,
+        dataset=dataset_label(params.data),
         data_note=f"{len(train_x):,} training images (after the validation split), "
                   f"{len(test_x):,} test images, {c}x{h}x{w}",
         devices={model_title(r.name): t.get("device", "unknown") for r, t, _ in runs},
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
                               baselines)
     write_text(args.report, markdown)
     write_text(args.html, markdown_to_html(markdown, args.report.parent,
-                                           f"VAE report: {spec.name}"))
+                                           f"VAE report: {dataset_label(params.data)}"))
     print(f"visualize: {len(entries)} figures, {args.report}, {args.html} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0

@@ -34,7 +34,8 @@ from vaepipe.data.sources import EXPECTED_MD5_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # reports/noise.json: the seeds' spread the report states, an input of visualize kept in git
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "reports/noise.json")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "reports/noise.json",
+                 "data/images/README.md")
 PROJECT_DIRS = ("stages", "vaepipe")
 
 
@@ -161,8 +162,11 @@ class DvcProject:
 
 
 def build_project(base: Path, overrides: Mapping[str, Any] | None = None, n_train: int = 200,
-                  n_test: int = 50, n_per_batch: int = 20) -> DvcProject:
-    """A git + DVC project in ``base/project`` fed by a tiny mirror in ``base/mirror``."""
+                  n_test: int = 50, n_per_batch: int = 20,
+                  images: Callable[[Path], Any] | None = None) -> DvcProject:
+    """A git + DVC project in ``base/project`` fed by a tiny mirror in ``base/mirror``; with
+    ``images``, a function that writes an image folder into the directory it is given, that
+    folder is written at ``data.path`` and tracked with ``dvc add`` before the first commit."""
     root = base / "project"
     root.mkdir(parents=True)
     for name in PROJECT_FILES:
@@ -192,6 +196,9 @@ def build_project(base: Path, overrides: Mapping[str, Any] | None = None, n_trai
     project.dvc("init", "-q")
     project.dvc("config", "core.analytics", "false")
     project.dvc("config", "core.check_update", "false")
+    if images is not None:
+        images(root / params["data"]["path"])
+        project.dvc("add", "-q", params["data"]["path"])
     project.git("add", "-A")
     project.git("commit", "-q", "-m", "test project")
     return project
@@ -220,7 +227,8 @@ def copy_project(project: DvcProject, base: Path) -> DvcProject:
 
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Callable[..., DvcProject]:
-    """Factory: ``dvc_project(overrides=None, n_train=200, n_test=50, n_per_batch=20)``.
+    """Factory: ``dvc_project(overrides=None, n_train=200, n_test=50, n_per_batch=20,
+    images=None)`` (``images``: see :func:`build_project`).
 
     Builds ``tmp_path/dvc/project`` (a further call in the same test: ``tmp_path/dvc-<k>/``)
     from this checkout's dvc.yaml, stages/, vaepipe/ and params.yaml, with ``overrides``
@@ -234,9 +242,9 @@ def dvc_project(tmp_path: Path) -> Callable[..., DvcProject]:
     built: list[DvcProject] = []
 
     def build(overrides: Mapping[str, Any] | None = None, n_train: int = 200, n_test: int = 50,
-              n_per_batch: int = 20) -> DvcProject:
+              n_per_batch: int = 20, images: Callable[[Path], Any] | None = None) -> DvcProject:
         base = tmp_path / ("dvc" if not built else f"dvc-{len(built)}")
-        project = build_project(base, overrides, n_train, n_test, n_per_batch)
+        project = build_project(base, overrides, n_train, n_test, n_per_batch, images)
         built.append(project)
         return project
 

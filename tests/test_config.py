@@ -56,7 +56,7 @@ def test_empty_mapping_gives_defaults_and_configs_are_frozen():
 
 REJECTED = [
     ({"data": {"dataset": "fashion"}},
-     "data.dataset must be one of fashion-mnist, mnist, cifar10; got 'fashion'"),
+     "data.dataset must be one of fashion-mnist, mnist, cifar10, folder; got 'fashion'"),
     ({"device": "gpu"}, "device must be one of auto, cpu, cuda, mps; got 'gpu'"),
     ({"bogus": 1}, "unknown key bogus; allowed keys in params.yaml: seed, device, beta, data"),
     ({"mlp": {"hiden": [1]}}, "unknown key mlp.hiden; allowed keys in mlp: likelihood"),
@@ -88,8 +88,15 @@ REJECTED = [
     ({"conv": {"cycle_ratio": 0}}, "conv.cycle_ratio must be > 0 and <= 1, got 0.0"),
     ({"conv": {"epochs": 3, "kl_schedule": "cyclical", "cycles": 4}},
      "conv.cycles must be <= conv.epochs (3), got 4"),
-    ({"sweep": {"classes": [0, 10]}}, "sweep.classes[1] must be >= 0 and <= 9, got 10"),
-    ({"sweep": {"classes": [1]}}, "sweep.classes must list at least 2 value(s), got [1]"),
+    ({"sweep": {"classes": [0, -1]}}, "sweep.classes must be auto or a list of class indices "
+                                          "(>= 0) or names, got [0, -1]"),
+    ({"sweep": {"classes": []}}, "sweep.classes must be auto or a list of class indices (>= 0) "
+                                 "or names, got []"),
+    ({"sweep": {"classes": "all"}}, "sweep.classes must be auto or a list of class indices "
+                                    "(>= 0) or names, got 'all'"),
+    ({"data": {"image_size": 48}}, "data.image_size must be one of 28, 32, 64; got 48"),
+    ({"data": {"channels": 2}}, "data.channels must be one of auto, 1, 3; got 2"),
+    ({"data": {"test_fraction": 0}}, "data.test_fraction must be > 0 and < 1, got 0.0"),
     ({"sweep": {"classes": [1, 1]}}, "sweep.classes must not repeat a class, got [1, 1]"),
     ({"sweep": {"betas": [0.1, -1]}}, "sweep.betas[1] must be >= 0, got -1.0"),
     ({"sweep": {"betas": []}}, "sweep.betas must list at least 1 value(s), got []"),

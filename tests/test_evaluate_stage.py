@@ -120,6 +120,7 @@ def tiny_split(tmp_path):
     for name, n in (("train", 40), ("val", 10), ("test", 20)):
         save_arrays(data / f"{name}.npz", rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
                     np.arange(n, dtype=np.int64) % 10)
+    write_json(data / "manifest.json", {"class_names": [str(c) for c in range(10)]})
     write_json(data / "baselines.json", baseline_rates(load_split(data, "train")[0],
                                                        load_split(data, "test")[0]))
     return data

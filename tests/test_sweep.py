@@ -159,7 +159,7 @@ def _write_run(root, label, beta, **overrides):
            "test_nelbo": 219.0, "sharpness": 0.05, "sharpness_ratio": 0.3, "diversity": 6.0,
            "silhouette": 0.4 + beta / 10, "probe_accuracy": 0.9, "real_sharpness": 0.16,
            "real_diversity": 10.0, "real_diversity_images": 1000, "test_images": 3000,
-           "prior_samples": 1000, "probe_train_images": 16000, **overrides}
+           "prior_samples": 1000, "probe_train_images": 16000, "pixel_values": 784, **overrides}
     run = root / f"beta_{label}"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps(row))

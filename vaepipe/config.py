@@ -5,7 +5,7 @@ seeds' recipes as their defaults (seed 000 for ``mlp``, seed 002 for ``conv`` an
 so a key left out of params.yaml gets the same value params.yaml documents. An unknown key, a
 value of the wrong type or one outside its allowed range raises :class:`ConfigError` with one
 line that names the dotted key, the value given and what is allowed, for example
-``data.dataset must be one of fashion-mnist, mnist, cifar10; got 'fashion'``. Library code
+``data.dataset must be one of fashion-mnist, mnist, cifar10, folder; got 'fashion'``. Library code
 never opens params.yaml; stages pass these objects (or plain values from them) down.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Dataset = Literal["fashion-mnist", "mnist", "cifar10"]
+Dataset = Literal["fashion-mnist", "mnist", "cifar10", "folder"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Activation = Literal["relu", "leaky_relu"]
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic"]
@@ -31,6 +31,9 @@ KLSchedule = Literal["constant", "linear", "cyclical"]
 # stay strict.
 NonNegative = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+# classes by index or by name (a folder's class names are its sub-folders' names)
+ClassList = Annotated[tuple[Annotated[int, Field(strict=True, ge=0)] | str, ...],
+                      Field(strict=False, min_length=1)]
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,22 @@ class DataConfig(_Section):
     dequantize: bool = Field(False, description="add U[0,1) noise to the 8-bit pixels")
     binarize: Binarize = Field("none", description="dynamic: Bernoulli pixels drawn anew each "
                                                    "training epoch, once for validation/test")
+    # dataset: folder only (the named datasets keep their own size, channels and test set)
+    path: str = Field("data/images", min_length=1, description="the folder of images")
+    image_size: Literal[28, 32, 64] = 32
+    channels: Literal["auto", 1, 3] = Field("auto", description="auto: 3 if any image is colour")
+    test_fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False)
+
+
+# the data keys that change what a model trains on from a folder; a named dataset fixes them
+FOLDER_KEYS = ("path", "image_size", "channels", "test_fraction")
+
+
+def training_data(data: DataConfig) -> dict[str, Any]:
+    """The data keys a checkpoint records: those that change what training sees (not where the
+    raw files came from, nor a folder's keys when the dataset is a named one)."""
+    skip = {"mirror", *(FOLDER_KEYS if data.dataset != "folder" else ())}
+    return {k: v for k, v in to_dict(data).items() if k not in skip}
 
 
 class TrainConfig(_Section):
@@ -103,8 +122,8 @@ class SweepConfig(_Section):
     betas: tuple[NonNegative, ...] = Field((0.1, 0.5, 1.0), strict=False, min_length=1)
     epochs: int = Field(20, ge=1)
     latent_dim: int = Field(2, ge=1)
-    classes: tuple[Annotated[int, Field(strict=True, ge=0, le=9)], ...] = Field(
-        (0, 1, 7), strict=False, min_length=2)
+    # auto: the first three classes (all, if fewer); or class indices or names
+    classes: Literal["auto"] | ClassList = (0, 1, 7)
     channels: tuple[PositiveInt, ...] = Field((32, 64), strict=False, min_length=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
@@ -239,7 +258,7 @@ def _message(err: dict) -> str:
     info, annotation = _field_info(loc)
     scalar = _scalar_type(annotation)
     if kind == "literal_error":
-        choices = ", ".join(get_args(scalar) or get_args(annotation))
+        choices = ", ".join(map(str, get_args(scalar) or get_args(annotation)))
         return f"{key} must be one of {choices}; got {value!r}"
     if kind in ("tuple_type", "list_type"):
         return f"{key} must be a list of {_PLURAL.get(scalar, 'values')}, got {value!r}"
@@ -284,14 +303,19 @@ def parse_params(raw: Any) -> Params:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         # the first error, on one line: the stage prints it and stops
-        raise ConfigError(_message(exc.errors(include_url=False)[0])) from None
+        first = exc.errors(include_url=False)[0]
+        if tuple(first["loc"][:2]) == ("sweep", "classes"):  # a union: one message for both
+            raise ConfigError(f"sweep.classes must be auto or a list of class indices (>= 0) "
+                              f"or names, got {raw['sweep']['classes']!r}") from None
+        raise ConfigError(_message(first)) from None
     for name in ("mlp", "conv"):
         section = getattr(params, name)
         _check_pixels(params.data, name, section.likelihood)
         if section.kl_schedule == "cyclical" and section.cycles > section.epochs:
             raise ConfigError(f"{name}.cycles must be <= {name}.epochs "
                               f"({section.epochs}), got {section.cycles}")
-    if len(set(params.sweep.classes)) != len(params.sweep.classes):
+    classes = params.sweep.classes
+    if classes != "auto" and len(set(classes)) != len(classes):
         raise ConfigError(f"sweep.classes must not repeat a class, got {list(params.sweep.classes)}")
     if len(set(params.sweep.betas)) != len(params.sweep.betas):
         # each beta is one DVC matrix stage, named and stored by its value

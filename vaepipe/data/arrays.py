@@ -1,12 +1,16 @@
 """The processed split files: uint8 images and int64 labels in byte-stable ``.npz`` files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from vaepipe.data.catalog import DATASETS, SPLITS, DataFormatError
+from vaepipe.data.catalog import IMAGE_SIZES, SPLITS, DataFormatError
 from vaepipe.io import read_npz, write_npz
+
+INGESTED_FILE = "images.npz"  # an image folder's decoded images and labels, before the split
+MANIFEST_FILE = "manifest.json"  # beside them and beside the splits: class names, counts, ...
 
 
 def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -34,11 +38,10 @@ def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray
                               f"{images.dtype} {images.shape}")
     # the models are built from the train images' shape, so one of another shape (or an empty
     # split) would otherwise fail only mid-training, in a traceback
-    shapes = sorted({spec.image_shape for spec in DATASETS.values()})
-    if images.shape[1:] not in shapes:
-        allowed = " or ".join("x".join(map(str, s)) for s in shapes)
-        raise DataFormatError(f"{path}: 'images' must be N x {allowed} (C x H x W of a known "
-                              f"dataset), got {images.shape}")
+    _, c, h, w = images.shape
+    if c not in (1, 3) or h != w or h not in IMAGE_SIZES:
+        raise DataFormatError(f"{path}: 'images' must be N x C x S x S with C 1 or 3 and S one "
+                              f"of {', '.join(map(str, IMAGE_SIZES))}, got {images.shape}")
     if len(images) == 0:
         raise DataFormatError(f"{path}: holds no images")
     if labels.dtype != np.int64 or labels.shape != (len(images),):
@@ -59,3 +62,27 @@ def load_splits(directory: str | Path, *names: str) -> list[tuple[np.ndarray, np
                                   f"{names[0]}.npz's are {'x'.join(map(str, first))}; rerun "
                                   f"`dvc repro split`")
     return splits
+
+
+def read_class_names(directory: str | Path) -> list[str]:
+    """The class names of the split (or ingested folder) in ``directory``, index by index, from
+    its manifest."""
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        names = json.loads(path.read_text())["class_names"]
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: not found; run `dvc repro split` first") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataFormatError(f"{path}: no class_names list ({exc}); rerun `dvc repro split`") \
+            from None
+    if not isinstance(names, list) or not names:
+        raise DataFormatError(f"{path}: class_names must be a non-empty list, got {names!r}")
+    return [str(n) for n in names]
+
+
+def load_ingested(raw_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The images, labels and class names an image folder was decoded into (the download
+    stage's :func:`vaepipe.data.folder.ingest_folder`)."""
+    arrays = read_npz(Path(raw_dir) / INGESTED_FILE, "run `dvc repro download` first",
+                      DataFormatError)
+    return arrays["images"], arrays["labels"], read_class_names(raw_dir)

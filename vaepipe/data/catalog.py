@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 SPLITS = ("train", "val", "test")
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # of each named dataset; a folder has as many as it has class folders
+IMAGE_SIZES = (28, 32, 64)  # the square sizes a model can be built for (folders: data.image_size)
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

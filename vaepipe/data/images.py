@@ -48,6 +48,11 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def describe_error(exc: Exception) -> str:
+    """Pillow's reason for refusing a file, on one short line."""
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
     """16- and 32-bit integer levels scaled to 0..255; everything else as it is."""
     if image.mode.startswith("I"):
@@ -77,9 +82,8 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int]) -> np.nda
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()  # a truncated file fails here, not later
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise ImageInputError(f"{path}: not a readable image ({reason})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(f"{path}: not a readable image ({describe_error(exc)})") from None
     image = _flatten_alpha(_to_8bit(image)).convert("L" if channels == 1 else "RGB")
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2

@@ -230,7 +230,7 @@ def _verify_cifar(spec: DatasetSpec, out_dir: Path, shown: Mapping[str, str],
                               f"{NUM_CLASSES}")
 
 
-def _replace_dir(new: Path, dest: Path, parking: Path) -> None:
+def replace_dir(new: Path, dest: Path, parking: Path) -> None:
     """Move directory ``new`` to ``dest``. A previous ``dest`` is first moved to ``parking``
     and moved back if the second move fails, so a good copy is never lost."""
     parked = dest.exists() or dest.is_symlink()
@@ -304,7 +304,7 @@ def fetch_raw(dataset: str, dest: str | Path, mirror: str | Path | None = None, 
                 logger.warning("%s %s rejected: %s", kind, where, exc)
                 shutil.rmtree(attempt)
                 continue
-            _replace_dir(files, dest, work / "previous")
+            replace_dir(files, dest, work / "previous")
             logger.info("%s: %d verified files from %s %s", dest, len(items), kind, where)
             return f"{kind} {where}"
     finally:

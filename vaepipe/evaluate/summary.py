@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from vaepipe.config import EvaluateConfig
 from vaepipe.data.baselines import BASELINE_LABELS, verdict
+from vaepipe.data.names import markdown_text
 from vaepipe.evaluate.evaluation import FROZEN_SIGMAS, frozen_key
 from vaepipe.models.vae import model_title
 
@@ -80,12 +81,12 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
     """``reports/evaluation.md``: the 8-bit rates beside the baselines, one table per model,
     the frozen-latent table, the classifier, and how each number was computed. Headings are
     ``###`` so the report can embed it."""
-    out = [f"### Bits per dimension of the {dataset} test images", "",
+    out = [f"### Bits per dimension of the {markdown_text(dataset)} test images", "",
            f"-log2 P(x) of the {baselines['test_images']:,} 8-bit test images per pixel value: "
            f"what a lossless code built from the model would need (Theis et al. 2016). Lower "
            f"is better; ± is one standard error over the test images.", "",
            *rate_table(results, baselines, likelihoods),
-           f"### Evaluation on the {dataset} test set", "",
+           f"### Evaluation on the {markdown_text(dataset)} test set", "",
            f"{reference['test_images']:,} test images, seed {seed}. Nats per image "
            f"(summed over pixels or latent dimensions, averaged over images); KL weight 1 "
            f"whatever beta trained the model. Lower is better for nats, bits/dim and FID; "

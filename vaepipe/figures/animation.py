@@ -45,9 +45,10 @@ def frame_limits(frames: Sequence[Frame], quantile: float = 0.005,
 
 
 def strip_image(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-    """Two rows of (S, H, W) uint8 images as one (2H + GAP, S(W + GAP) - GAP) picture."""
-    s, h, w = top.shape
-    out = np.full((2 * h + GAP, s * (w + GAP) - GAP), 255, dtype=np.uint8)
+    """Two rows of (S, H, W) grey or (S, H, W, 3) RGB uint8 images as one
+    (2H + GAP, S(W + GAP) - GAP[, 3]) picture."""
+    s, h, w = top.shape[:3]
+    out = np.full((2 * h + GAP, s * (w + GAP) - GAP, *top.shape[3:]), 255, dtype=np.uint8)
     for i in range(s):
         x0 = i * (w + GAP)
         out[:h, x0:x0 + w] = top[i]
@@ -63,7 +64,7 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     """Draw ``frames`` into an animated GIF at ``path``; returns what each frame showed.
 
     ``labels`` (P,) are the probe images' classes (values of ``class_ids``, named by
-    ``class_names``); ``originals`` (S, H, W) uint8 are the strip images whose
+    ``class_names``); ``originals`` (S, H, W) or (S, H, W, 3) uint8 are the strip images whose
     reconstructions each frame holds. ``limits`` defaults to :func:`frame_limits`. The
     returned record (``xlim``, ``ylim``, and per frame ``epoch``, ``batch`` and the axes
     limits read back from the drawn axes) is also stored as the GIF's comment.

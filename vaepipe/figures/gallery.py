@@ -313,7 +313,7 @@ def draw_overview(histories: Mapping[str, Mapping[str, np.ndarray]], train_image
     drawn = []
     path = out / "training_images.png"
     grids.class_examples(train_images.astype(np.float32) / 255.0, train_labels, class_names,
-                           path, f"{dataset}: training images, one row per class")
+                           path, f"{figure_text(dataset)}: training images, one row per class")
     drawn.append(_entry(path, "Data and training", "Training images",
                         "Eight training images of each class with the class name "
                         "(seed 002's sanity check of the loaded data)."))

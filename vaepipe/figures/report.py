@@ -20,6 +20,7 @@ import yaml
 
 from vaepipe.config import Params, flatten, to_dict
 from vaepipe.data.baselines import SHORT_NAMES, verdict
+from vaepipe.data.names import markdown_text
 from vaepipe.models.vae import MODELS, model_title
 
 
@@ -186,7 +187,8 @@ def _what_was_run(info: RunInfo) -> list[str]:
     lines = ["## What was run", "", "| what | value |", "|---|---|",
              f"| started from commit | {info.revision} |",
              f"| uncommitted changes to the pipeline's inputs | {_changes(info)} |",
-             f"| dataset | {info.dataset}{': ' + info.data_note if info.data_note else ''} |"]
+             f"| dataset | {markdown_text(info.dataset)}"
+             f"{': ' + info.data_note if info.data_note else ''} |"]
     lines += [f"| device, {model} | {device} |" for model, device in info.devices.items()]
     lines += [f"| checkpoints drawn, {model} | {text} |"
               for model, text in info.checkpoints.items()]
@@ -222,7 +224,7 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
     ``baselines`` (``reports/baselines.json``) the codecs' rates beside the models'.
     """
     report_dir = Path(report_dir)
-    lines = [f"# VAE report: {info.dataset}", "", made_from(info), "",
+    lines = [f"# VAE report: {markdown_text(info.dataset)}", "", made_from(info), "",
              "What the models draw and how well they score come first, then what was run, every "
              "table and every figure of the seeds, the first epoch beside the best one. Written "
              "by the `visualize` stage of `dvc repro` from the saved outputs of training, "

@@ -57,6 +57,12 @@ def frame_steps(total_steps: int, n_frames: int) -> list[int]:
     return steps
 
 
+def strip_pixels(images: torch.Tensor | np.ndarray):
+    """(S, C, H, W) images as the GIF strip draws them: (S, H, W) grey, (S, H, W, 3) RGB."""
+    return images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1) \
+        if isinstance(images, torch.Tensor) else images.transpose(0, 2, 3, 1)
+
+
 class FrameRecorder:
     """``fit``'s ``on_batch`` hook: at the chosen steps, store the probe set's latent means and
     the strip's reconstructions.
@@ -75,7 +81,7 @@ class FrameRecorder:
 
     def capture(self, model: VAE, epoch: int, batch: int) -> None:
         mu, _ = encode(model, self.probe, EVAL_BATCH)
-        recon = reconstruct(model, self.strip, EVAL_BATCH)[:, 0]  # (S, H, W), first channel
+        recon = strip_pixels(reconstruct(model, self.strip, EVAL_BATCH))
         self.frames.append(Frame(epoch, batch, mu.cpu().numpy().astype(np.float32),
                                  (recon * 255).round().to(torch.uint8).cpu().numpy()))
 

@@ -91,5 +91,6 @@ def measure(model: VAE, cfg: ConvConfig, beta: float, seed: int,
         "real_diversity_images": len(subset),
         "test_images": len(test_x),
         "prior_samples": PRIOR_SAMPLES,
+        "pixel_values": int(np.prod(test_x.shape[1:])),  # C x H x W, the diversity's dimensions
         "probe_train_images": len(train_x),
     }

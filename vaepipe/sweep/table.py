@@ -42,8 +42,8 @@ COLUMNS = (
            "sharpness divided by the same measure on the real test images "
            "({real_sharpness:.4f}); 1 would be as sharp as the data."),
     Column("diversity", "diversity", 3,
-           "mean Euclidean distance (784 pixels in [0, 1]) between every pair of "
-           "{prior_samples:,.0f} decoded prior samples sigmoid(decode(z)), z ~ N(0, I); "
+           "mean Euclidean distance ({pixel_values:,.0f} pixel values in [0, 1]) between every "
+           "pair of {prior_samples:,.0f} decoded prior samples sigmoid(decode(z)), z ~ N(0, I); "
            "{real_diversity_images:,.0f} real test images give {real_diversity:.3f}."),
     Column("silhouette", "silhouette", 3,
            "mean silhouette of the test images' latent means mu grouped by class "
@@ -117,7 +117,8 @@ def markdown(runs: Sequence[Run], class_names: Sequence[str], dataset: str) -> s
         "### Beta sweep: measured comparison",
         "",
         f"Conv VAE with a 2-D latent trained for {first['epochs']:.0f} epochs at each KL weight "
-        f"beta on {dataset} classes {', '.join(map(markdown_text, class_names))}; every column "
+        f"beta on {markdown_text(dataset)} classes "
+        f"{', '.join(map(markdown_text, class_names))}; every column "
         f"is measured on the {first['test_images']:,.0f} test images of these classes with the "
         f"final weights.",
         "",
