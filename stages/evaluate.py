@@ -88,14 +88,16 @@ def main(argv=None) -> int:
             print(f"{kind}/{name}: "
                   + (f"8-bit {rate:.3f} bits/dim, " if rate is not None else "binarized, ")
                   + f"nelbo {result.metrics['nelbo']:.2f}, iwae "
-                  f"{result.metrics['iwae_nll']:.2f}, fid {result.metrics['fid']:.2f}, "
-                  f"{sum(result.details['seconds'].values()):.1f} s")
+                  f"{result.metrics['iwae_nll']:.2f}, "
+                  + (f"fid {result.metrics['fid']:.2f}, " if classifier is not None else "")
+                  + f"{sum(result.details['seconds'].values()):.1f} s")
     metrics["reference"] = ref.numbers
     details["params"] = {"seed": seed, "evaluate": to_dict(cfg)}
     details["device"], details["threads"] = device_name(device), torch.get_num_threads()
     details["total_seconds"] = time.perf_counter() - start
 
-    clf = {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]}
+    clf = ({"skipped": clf_ckpt["skipped"]} if classifier is None else
+           {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]})
     dims = {kind: by_ckpt["best"][0].latent_dim for kind, by_ckpt in models.items()}
     likelihoods = {kind: by_ckpt["best"][0].likelihood for kind, by_ckpt in models.items()}
     summary = summary_markdown({k: metrics[k] for k in MODELS}, ref.numbers, clf, cfg, seed,

@@ -17,7 +17,8 @@ import torch
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_splits, read_class_names
-from vaepipe.evaluate.classifier import Classifier, accuracy, train_classifier
+from vaepipe.evaluate.classifier import (ONE_CLASS, Classifier, accuracy, save_no_classifier,
+                                         train_classifier)
 from vaepipe.io import write_json
 from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, device_name, resolve_device
@@ -40,10 +41,16 @@ def main(argv=None) -> int:
         train_x, train_y = splits["train"]
         torch.manual_seed(cfg.seed)  # the initial weights
         classes = len(read_class_names(args.data))
-        model = Classifier(tuple(train_x.shape[1:]), classes, cfg.channels, cfg.features)
+        model = Classifier(tuple(train_x.shape[1:]), max(classes, 2), cfg.channels,
+                           cfg.features)
     except (ConfigError, DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if classes < 2:
+        save_no_classifier(args.out, ONE_CLASS)
+        write_json(args.metrics, {"classes": classes, "skipped": ONE_CLASS})
+        print(f"classifier: none ({ONE_CLASS})")
+        return 0
 
     try:
         history = train_classifier(model, train_x, train_y, cfg.epochs, cfg.batch_size, cfg.lr,

@@ -18,10 +18,15 @@ from torch import nn
 
 from vaepipe.config import check_batch_size
 from vaepipe.models.batches import in_batches, inference, to_unit_float
-from vaepipe.train.checkpoints import load_checkpoint
+from vaepipe.io import atomic_path
+from vaepipe.train.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint
 from vaepipe.train.loop import TrainingDiverged
 
 EVAL_BATCH = 500  # images per inference call: small enough to stay in the CPU caches
+# why the class-dependent numbers are missing when the data has a single class
+ONE_CLASS = ("the data has one class, so there is no classifier to train: FID and precision/"
+             "recall, measured in its feature space, are skipped, and so are the linear probe "
+             "and the silhouette, which compare classes")
 
 
 class Classifier(nn.Module):
@@ -137,8 +142,19 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     return history
 
 
+def save_no_classifier(path: str | Path, reason: str) -> None:
+    """The train-classifier stage's output when there is nothing to classify: a checkpoint
+    with no network that says why (``load_classifier`` gives None for it)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, "kind": Classifier.kind, "skipped": reason}, fh)
+
+
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[Classifier, dict]:
-    """Rebuild the classifier from its checkpoint alone; ``(model in eval mode, checkpoint)``."""
-    return load_checkpoint(path, device, {Classifier.kind: Classifier},
-                           missing="not found; run `dvc repro train-classifier`")
+                    ) -> tuple[Classifier | None, dict]:
+    """Rebuild the classifier from its checkpoint alone; ``(model in eval mode, checkpoint)``,
+    or ``(None, checkpoint)`` for one that says why there is none (:func:`save_no_classifier`)."""
+    missing = "not found; run `dvc repro train-classifier`"
+    ckpt = read_checkpoint(path, device, missing)
+    if isinstance(ckpt, dict) and ckpt.get("skipped"):
+        return None, ckpt
+    return load_checkpoint(path, device, {Classifier.kind: Classifier}, missing=missing)

@@ -144,11 +144,12 @@ class Reference:
     probe_y: np.ndarray
     iwae_index: torch.Tensor    # int64, a seeded subset of the test set (the IWAE gain's)
     test_floor: np.ndarray      # float64 (N,): each test image's BCE floor
-    test_features: np.ndarray   # (N, F)
-    test_stats: tuple[np.ndarray, np.ndarray]
+    # the classifier's features; all None when the data has one class (no classifier)
+    test_features: np.ndarray | None  # (N, F)
+    test_stats: tuple[np.ndarray, np.ndarray] | None
     subset: torch.Tensor        # int64 indices of a seeded test subset of evaluate.samples
-    pr_real: np.ndarray         # features of those test images
-    pr_radii: torch.Tensor      # their k-NN radii (precision/recall), computed once
+    pr_real: np.ndarray | None  # features of those test images
+    pr_radii: torch.Tensor | None  # their k-NN radii (precision/recall), computed once
     numbers: dict = field(default_factory=dict)  # the report's `reference` block
 
 
@@ -158,43 +159,39 @@ def _subset(n: int, size: int, seed: int, offset: int) -> np.ndarray:
 
 
 def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                    test: tuple[np.ndarray, np.ndarray], classifier: Classifier,
+                    test: tuple[np.ndarray, np.ndarray], classifier: Classifier | None,
                     cfg: EvaluateConfig, seed: int, device: torch.device) -> Reference:
     """Subsets, real-image features and the real-vs-real floor of every measure.
 
     ``fid_real`` (and ``precision_real`` / ``recall_real``) compare validation images (held
     out of the official training set; neither the VAEs nor the classifier trained on them)
     with the test set, using as many images as a generated set has, so the floor carries the
-    same small-sample bias as the models' numbers.
+    same small-sample bias as the models' numbers. With no ``classifier`` (data of one class)
+    there are no features and none of these three.
     """
     test_x = torch.as_tensor(test[0]).to(device)
     probe = _subset(len(train[0]), cfg.probe_images, seed, SUBSET_PROBE)
     iwae = _subset(len(test[0]), cfg.iwae_images, seed, SUBSET_IWAE)
     pr = _subset(len(test[0]), cfg.samples, seed, SUBSET_TEST)
     real = _subset(len(val[0]), cfg.samples, seed, SUBSET_VAL)
-    test_features = classifier_features(classifier, test_x, cfg.batch_size)
-    test_stats = gaussian_stats(test_features)
-    val_features = classifier_features(classifier, torch.as_tensor(val[0][real]).to(device),
-                                       cfg.batch_size)
-    precision, recall = precision_recall(test_features[pr], val_features, cfg.pr_neighbours)
-    numbers = {
-        "bce_floor_test": bce_floor(test[0]),
-        "bce_floor_val": bce_floor(val[0]),
-        "fid_real": frechet_distance(*gaussian_stats(val_features), *test_stats),
-        "precision_real": precision,
-        "recall_real": recall,
-        "iwae_samples": cfg.iwae_samples,
-        "iwae_images": len(iwae),
-        "samples": cfg.samples,
-        "real_images": len(real),
-        "test_images": len(test_x),
-    }
+    numbers = {"bce_floor_test": bce_floor(test[0]), "bce_floor_val": bce_floor(val[0])}
+    test_features = test_stats = pr_real = pr_radii = None
+    if classifier is not None:
+        test_features = classifier_features(classifier, test_x, cfg.batch_size)
+        test_stats = gaussian_stats(test_features)
+        val_features = classifier_features(
+            classifier, torch.as_tensor(val[0][real]).to(device), cfg.batch_size)
+        pr_real = test_features[pr]
+        precision, recall = precision_recall(pr_real, val_features, cfg.pr_neighbours)
+        pr_radii = knn_radii(torch.as_tensor(pr_real, dtype=torch.float32), cfg.pr_neighbours)
+        numbers.update(fid_real=frechet_distance(*gaussian_stats(val_features), *test_stats),
+                       precision_real=precision, recall_real=recall)
+    numbers.update(iwae_samples=cfg.iwae_samples, iwae_images=len(iwae), samples=cfg.samples,
+                   real_images=len(real), test_images=len(test_x))
     return Reference(test_x, test[1], torch.as_tensor(train[0][probe]).to(device),
                      train[1][probe], torch.as_tensor(iwae).to(device),
                      binary_entropy_per_image(test[0]), test_features, test_stats,
-                     torch.as_tensor(pr), test_features[pr],
-                     knn_radii(torch.as_tensor(test_features[pr], dtype=torch.float32),
-                               cfg.pr_neighbours), numbers)
+                     torch.as_tensor(pr), pr_real, pr_radii, numbers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +245,7 @@ def _once_per_scoring(scorings: dict, compute) -> dict:
 
 
 def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
-                        classifier: Classifier, cfg: EvaluateConfig, seed: int,
+                        classifier: Classifier | None, cfg: EvaluateConfig, seed: int,
                         binarized: bool = False) -> CheckpointResult:
     """Every measure of one VAE checkpoint; ``train_cfg`` gives its likelihood (and obs_std),
     ``binarized`` that it trained with ``data.binarize: dynamic``.
@@ -318,30 +315,37 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
     mu_np, logvar_np = mu.cpu().numpy(), logvar.cpu().numpy()
     m["active_units"], activity = int(active_units(mu_np).sum()), unit_activity(mu_np)
     per_dim = kl_per_dim(mu_np, logvar_np)
-    probe_mu, _ = encode(model, ref.probe_x, bs)
-    m["probe_accuracy"] = probe_accuracy(probe_mu.cpu().numpy(), ref.probe_y, mu_np, ref.test_y)
-    m["probe_accuracy_se"] = share_standard_error(m["probe_accuracy"], len(mu_np))
-    m["silhouette"] = silhouette(mu_np, ref.test_y, cfg.silhouette_images, seed)
+    classes = classifier is not None  # False: one class, nothing class-dependent to measure
+    if classes:
+        probe_mu, _ = encode(model, ref.probe_x, bs)
+        m["probe_accuracy"] = probe_accuracy(probe_mu.cpu().numpy(), ref.probe_y, mu_np,
+                                             ref.test_y)
+        m["probe_accuracy_se"] = share_standard_error(m["probe_accuracy"], len(mu_np))
+        m["silhouette"] = silhouette(mu_np, ref.test_y, cfg.silhouette_images, seed)
     lap("latents")
 
-    # reconstructions from the means of the test subset (as many images as a generated set)
-    recon = decode_mean(model, mu[ref.subset.to(mu.device)], bs)
-    m["fid_recon"] = frechet_distance(
-        *gaussian_stats(classifier_features(classifier, recon, bs)), *ref.test_stats)
+    def fid_of(images: torch.Tensor) -> float:
+        return frechet_distance(*gaussian_stats(classifier_features(classifier, images, bs)),
+                                *ref.test_stats)
+
+    if classes:
+        # reconstructions from the means of the test subset (as many images as a generated set)
+        m["fid_recon"] = fid_of(decode_mean(model, mu[ref.subset.to(mu.device)], bs))
     lap("fid_recon")
 
     zdim = model.latent_dim
     prior = decode_mean(model, torch.randn((n, zdim), generator=_generator(seed, NOISE_PRIOR)), bs)
-    draws = [prior_scores(prior, classifier, ref, cfg)]
-    # the spread of the three over fresh prior draws of as many images is their standard
-    # error (resampling one draw would repeat points, and zero their k-NN radii)
-    redraws = _generator(seed, NOISE_PRIOR_REDRAWS)
-    for _ in range(cfg.prior_draws - 1):
-        z = torch.randn((n, zdim), generator=redraws)
-        draws.append(prior_scores(decode_mean(model, z, bs), classifier, ref, cfg))
-    for key, values in zip(("fid", "precision", "recall"), zip(*draws)):
-        m[key] = values[0]
-        m[f"{key}_se"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    if classes:
+        draws = [prior_scores(prior, classifier, ref, cfg)]
+        # the spread of the three over fresh prior draws of as many images is their standard
+        # error (resampling one draw would repeat points, and zero their k-NN radii)
+        redraws = _generator(seed, NOISE_PRIOR_REDRAWS)
+        for _ in range(cfg.prior_draws - 1):
+            z = torch.randn((n, zdim), generator=redraws)
+            draws.append(prior_scores(decode_mean(model, z, bs), classifier, ref, cfg))
+        for key, values in zip(("fid", "precision", "recall"), zip(*draws)):
+            m[key] = values[0]
+            m[f"{key}_se"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     lap("prior")
 
     # Seed 002's frozen latents: mu = 0 and a fixed sigma, z = sigma * eps. One eps draw is
@@ -354,8 +358,8 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
     for sigma in FROZEN_SIGMAS:
         images = decode_mean(model, sigma * eps, bs)
         m[f"frozen_diversity_{frozen_key(sigma)}"] = diversity(images[:n_div])
-        m[f"frozen_fid_{frozen_key(sigma)}"] = frechet_distance(
-            *gaussian_stats(classifier_features(classifier, images, bs)), *ref.test_stats)
+        if classes:
+            m[f"frozen_fid_{frozen_key(sigma)}"] = fid_of(images)
         frozen.append(images[:N_SAVED_FROZEN])
     lap("frozen")
 
@@ -372,5 +376,6 @@ def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
     }
     details = {"kl_per_dim": per_dim.tolist(), "activity": activity.tolist(),
                "iwae": iwae_details, "seconds": timings}
-    # a binarized model has no 8-bit rate; only Bernoulli decoders have a BCE floor
+    # a binarized model has no 8-bit rate; only Bernoulli decoders have a BCE floor; one class
+    # has no class-dependent measure
     return CheckpointResult({k: m[k] for k in METRICS if k in m}, details, arrays)

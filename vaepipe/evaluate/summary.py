@@ -96,6 +96,9 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
            f"measures this model; it leaves out training noise (another seed), and since "
            f"every run scores the same test images it is not the noise of a difference "
            f"between runs: `make compare` measures that over seeds.", ""]
+    skipped = classifier.get("skipped")
+    if skipped:
+        out += [f"**One class.** {skipped[0].upper()}{skipped[1:]}.", ""]
     for kind, by_ckpt in results.items():
         ckpts = list(by_ckpt)
         out += [f"### {model_title(kind)} (`models/{kind}`, z = {latent_dims[kind]})", "",
@@ -108,16 +111,18 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
         out.append("")
 
     sigmas = [frozen_key(s) for s in FROZEN_SIGMAS]
+    measured = "diversity (mean pairwise L2 distance, pixels in [0, 1])" + \
+        ("" if skipped else " / FID")
     out += ["### Frozen latents (seed 002, section 9)", "",
-            "Images decoded from z = sigma * eps (mu frozen at 0) beside the N(0, I) baseline: "
-            "diversity (mean pairwise L2 distance, pixels in [0, 1]) / FID.", "",
+            f"Images decoded from z = sigma * eps (mu frozen at 0) beside the N(0, I) baseline: "
+            f"{measured}.", "",
             "| model | checkpoint | N(0, I) | " + " | ".join(f"sigma {s:g}" for s in FROZEN_SIGMAS)
             + " |", "|---|---|---:|" + "---:|" * len(sigmas)]
     for kind, by_ckpt in results.items():
         for ckpt, m in by_ckpt.items():
-            cells = [f"{m['frozen_diversity_prior']:.2f} / {m['fid']:.2f}"]
-            cells += [f"{m[f'frozen_diversity_{s}']:.2f} / {m[f'frozen_fid_{s}']:.2f}"
-                      for s in sigmas]
+            pairs = [("frozen_diversity_prior", "fid")]
+            pairs += [(f"frozen_diversity_{s}", f"frozen_fid_{s}") for s in sigmas]
+            cells = [f"{m[d]:.2f}" + ("" if skipped else f" / {m[f]:.2f}") for d, f in pairs]
             out.append(f"| {kind} | `{ckpt}` | " + " | ".join(cells) + " |")
     out.append("")
 
@@ -125,19 +130,23 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
     out += ["### Reference points", "",
             "| measure | value |", "|---|---:|",
             f"| BCE floor, test set (nats) | {r['bce_floor_test']:.2f} |",
-            f"| BCE floor, validation split (nats) | {r['bce_floor_val']:.2f} |",
-            f"| FID, real vs real ({r['real_images']:,} validation vs test images) | "
-            f"{r['fid_real']:.2f} |",
-            f"| precision / recall, real vs real | {r['precision_real']:.3f} / "
-            f"{r['recall_real']:.3f} |",
-            f"| feature classifier, test accuracy | {classifier['test_accuracy']:.4f} |", "",
-            f"The feature classifier (`models/classifier.pt`) is a CNN with channels "
-            f"{classifier['channels']} and a {classifier['features']}-unit penultimate layer, "
-            f"trained for {classifier['epochs']} epochs on the training split; its test "
-            f"accuracy is {100 * classifier['test_accuracy']:.2f} %.", ""]
+            f"| BCE floor, validation split (nats) | {r['bce_floor_val']:.2f} |"]
+    if skipped:
+        out += ["", "No feature classifier and no real-vs-real FID: the data has one class.",
+                ""]
+    else:
+        out += [f"| FID, real vs real ({r['real_images']:,} validation vs test images) | "
+                f"{r['fid_real']:.2f} |",
+                f"| precision / recall, real vs real | {r['precision_real']:.3f} / "
+                f"{r['recall_real']:.3f} |",
+                f"| feature classifier, test accuracy | {classifier['test_accuracy']:.4f} |", "",
+                f"The feature classifier (`models/classifier.pt`) is a CNN with channels "
+                f"{classifier['channels']} and a {classifier['features']}-unit penultimate "
+                f"layer, trained for {classifier['epochs']} epochs on the training split; its "
+                f"test accuracy is {100 * classifier['test_accuracy']:.2f} %.", ""]
 
     k = r["iwae_samples"]
-    out += ["### How each number is computed", "",
+    how = ["### How each number is computed", "",
             "- **8-bit rate**: for test images x in {0..255}^D, uniform dequantization y = "
             "(x + u) / 256 gives -log P(x) <= E_u[-log p(y)] + D ln 256 (Theis et al. 2016), "
             "and -log p(y) is bounded by the NELBO (ELBO column) or by the IWAE bound (IWAE "
@@ -199,4 +208,7 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
             "neither the VAEs nor the classifier saw them) against the test set, as many as a "
             "generated set, so the floor has the same small-sample bias as the models' FIDs.",
             ""]
+    class_dependent = ("- **FID", "- **precision", "- **linear probe", "- **silhouette",
+                       "- **real vs real")
+    out += [line for line in how if not (skipped and line.startswith(class_dependent))]
     return "\n".join(out)

@@ -63,13 +63,15 @@ def posterior_samples(mu: np.ndarray, logvar: np.ndarray, seed: int
 
 
 def pick_pair(labels: np.ndarray, seed: int) -> tuple[int, int]:
-    """Two test indices of different classes, chosen with ``seed`` (interpolation endpoints)."""
+    """Two test indices of different classes, chosen with ``seed`` (interpolation endpoints);
+    two different images where every label is the same (data of one class)."""
     labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("interpolation needs test images of at least two classes")
+    if len(labels) < 2:
+        raise ValueError("interpolation needs at least two test images")
     rng = np.random.default_rng(seed)
     a = int(rng.integers(len(labels)))
-    b = int(rng.choice(np.flatnonzero(labels != labels[a])))
+    other = labels != labels[a] if len(np.unique(labels)) > 1 else np.arange(len(labels)) != a
+    b = int(rng.choice(np.flatnonzero(other)))
     return a, b
 
 

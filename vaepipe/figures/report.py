@@ -129,6 +129,15 @@ def noise_line(noise: Mapping[str, Any]) -> str:
             f"it is not the noise of a difference between runs.")
 
 
+def noise_applies(noise: Mapping[str, Any], changed: Sequence[tuple[str, Any, Any]]) -> bool:
+    """Whether the seeds' spread was measured on this run's data (the same ``data.*`` params,
+    but where the files came from): another dataset's noise says nothing about this one."""
+    def data(items) -> dict:
+        return {k: v for k, v in items if k.startswith("data.") and k != "data.mirror"}
+    return data((noise.get("differs_from_defaults") or {}).items()) == \
+        data((key, value) for key, value, _ in changed)
+
+
 def baselines_line(results: Mapping[str, Mapping[str, Mapping[str, float]]],
                    baselines: Mapping[str, Any]) -> str:
     """The codecs' and the histogram's rates of the same test images (``reports/baselines.json``)
@@ -236,9 +245,13 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
         lines += _figure_lines(entry, report_dir)
     if results:
         lines += [""] + results_table(results)
+        if not any("fid" in by_ckpt.get("best", {}) for by_ckpt in results.values()):
+            lines += ["", "No FID, precision, recall or probe accuracy (–): the data has one "
+                      "class, so there is no classifier and no class to compare (Evaluation, "
+                      "below)."]
     if results and baselines:
         lines += ["", baselines_line(results, baselines)]
-    if noise and noise.get("metrics"):
+    if noise and noise.get("metrics") and noise_applies(noise, info.changed_params):
         lines += ["", noise_line(noise)]
     lines += [""] + _what_was_run(info)
 

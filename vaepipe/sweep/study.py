@@ -83,8 +83,10 @@ def measure(model: VAE, cfg: ConvConfig, beta: float, seed: int,
         "sharpness": recon_sharp,
         "sharpness_ratio": recon_sharp / real_sharp,
         "diversity": diversity(decode_mean(model, z, EVAL_BATCH)),
-        "silhouette": silhouette(test_mu, test_y),
-        "probe_accuracy": probe_accuracy(train_mu, train_y, test_mu, test_y),
+        # silhouette and probe compare classes: none with one class (sweep.classes: auto)
+        **({"silhouette": silhouette(test_mu, test_y),
+            "probe_accuracy": probe_accuracy(train_mu, train_y, test_mu, test_y)}
+           if len(np.unique(test_y)) > 1 else {}),
         # references: the same measures on real test images, the same for every beta
         "real_sharpness": real_sharp,
         "real_diversity": diversity(real[subset]),

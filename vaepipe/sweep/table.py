@@ -95,14 +95,21 @@ def collect_runs(metrics_pattern: str, history_pattern: str, betas: Sequence[flo
     return [found[b] for b in sorted(found)]
 
 
+def measured(runs: Sequence[Run]) -> list[Column]:
+    """The columns the runs measured: all but silhouette and probe when they hold one class."""
+    return [c for c in COLUMNS if c.key in runs[0].metrics]
+
+
 def table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per beta: the CSV's columns."""
-    return pd.DataFrame([{k: run.metrics[k] for k in CSV_KEYS} for run in runs])
+    return pd.DataFrame([{k: run.metrics[k] for k in CSV_KEYS if k in run.metrics}
+                         for run in runs])
 
 
 def metrics_tree(runs: Sequence[Run]) -> dict:
     """``{"sweep": {label: {metric: number}}}`` for ``dvc metrics``: the table's columns only."""
-    tree = {run.label: {c.key: float(run.metrics[c.key]) for c in COLUMNS} for run in runs}
+    tree = {run.label: {c.key: float(run.metrics[c.key]) for c in measured(runs)}
+            for run in runs}
     bad = [f"{label}.{k}" for label, row in tree.items() for k, v in row.items()
            if not math.isfinite(v)]
     if bad:
@@ -112,7 +119,7 @@ def metrics_tree(runs: Sequence[Run]) -> dict:
 
 def markdown(runs: Sequence[Run], class_names: Sequence[str], dataset: str) -> str:
     """The ``### Beta sweep`` section: a table and one line per column."""
-    first = runs[0].metrics
+    first, columns = runs[0].metrics, measured(runs)
     lines = [
         "### Beta sweep: measured comparison",
         "",
@@ -122,14 +129,17 @@ def markdown(runs: Sequence[Run], class_names: Sequence[str], dataset: str) -> s
         f"is measured on the {first['test_images']:,.0f} test images of these classes with the "
         f"final weights.",
         "",
-        "| beta | " + " | ".join(c.header for c in COLUMNS) + " |",
-        "|---:|" + "---:|" * len(COLUMNS),
+        "| beta | " + " | ".join(c.header for c in columns) + " |",
+        "|---:|" + "---:|" * len(columns),
     ]
     for run in runs:
-        cells = [f"{run.metrics[c.key]:.{c.digits}f}" for c in COLUMNS]
+        cells = [f"{run.metrics[c.key]:.{c.digits}f}" for c in columns]
         lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
     lines += ["", "How each column is computed:", ""]
-    lines += [f"- **{c.header}**: {c.how.format(**first)}" for c in COLUMNS]
+    lines += [f"- **{c.header}**: {c.how.format(**first)}" for c in columns]
+    if len(columns) < len(COLUMNS):
+        lines.append("- no silhouette or probe accuracy: the sweep's images are of one class, "
+                     "and both compare classes.")
     return "\n".join(lines) + "\n"
 
 
