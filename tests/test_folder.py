@@ -194,3 +194,11 @@ def test_a_checkpoint_records_a_folders_keys_only_when_the_data_is_a_folder():
                                                   "channels": 1}}).data)
     assert folder == {**named, "dataset": "folder", "path": "data/images/x", "image_size": 32,
                       "channels": 1, "test_fraction": 0.2}
+
+
+def test_a_feature_classifier_near_chance_is_said_to_measure_little():
+    from vaepipe.evaluate.summary import chance_warning
+    warning = chance_warning({"test_accuracy": 0.40, "num_classes": 3})
+    assert "near chance (33.3 % for 3 classes)" in warning and "classifier.epochs" in warning
+    assert chance_warning({"test_accuracy": 0.52, "num_classes": 3}) == ""
+    assert chance_warning({"test_accuracy": 0.9149, "num_classes": 10}) == ""

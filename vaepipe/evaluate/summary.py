@@ -75,6 +75,17 @@ def with_error(metrics: dict, key: str, fmt: str) -> str:
     return value if se is None else f"{value} ± {se:{fmt}}"
 
 
+def chance_warning(classifier: dict) -> str:
+    """A sentence when the feature classifier is barely better than guessing (below 1.5x the
+    chance accuracy): then its features tell images apart poorly, and FID says little."""
+    classes = classifier.get("num_classes", 10)
+    if classifier["test_accuracy"] >= 1.5 / classes:
+        return ""
+    return (f" That is near chance ({100 / classes:.1f} % for {classes} classes): its "
+            f"features barely tell these images apart, so FID and precision/recall measure "
+            f"little here; train it longer (`classifier.epochs`).")
+
+
 def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: EvaluateConfig,
                      seed: int, dataset: str, latent_dims: dict, baselines: dict,
                      likelihoods: dict) -> str:
@@ -143,7 +154,8 @@ def summary_markdown(results: dict, reference: dict, classifier: dict, cfg: Eval
                 f"The feature classifier (`models/classifier.pt`) is a CNN with channels "
                 f"{classifier['channels']} and a {classifier['features']}-unit penultimate "
                 f"layer, trained for {classifier['epochs']} epochs on the training split; its "
-                f"test accuracy is {100 * classifier['test_accuracy']:.2f} %.", ""]
+                f"test accuracy is {100 * classifier['test_accuracy']:.2f} %."
+                + chance_warning(classifier), ""]
 
     k = r["iwae_samples"]
     how = ["### How each number is computed", "",
