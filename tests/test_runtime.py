@@ -231,6 +231,8 @@ def small_split(tmp_path):
     for name, n in (("train", 512), ("val", 64), ("test", 64)):
         save_arrays(data / f"{name}.npz", rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
                     rng.integers(0, 10, n).astype(np.int64))
+    # the class names the classifier's size comes from, as the split stage writes them
+    (data / "manifest.json").write_text(json.dumps({"class_names": [str(c) for c in range(10)]}))
     # the default layer shapes, one epoch each
     params = {"device": "cpu", "mlp": {"epochs": 1}, "conv": {"epochs": 1},
               "classifier": {"epochs": 1}}
