@@ -38,18 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if data.dataset == "folder":
             manifest = ingest_folder(data.path, args.out, data.image_size, data.channels)
+            counts = manifest["counts"]
+            done = (f"{data.path}: {counts['used']} images of {len(manifest['class_names'])} "
+                    f"class(es) at {manifest['channels']}x{data.image_size}x{data.image_size} "
+                    f"in {args.out}; {counts['skipped']} skipped (listed with the reason in "
+                    f"{args.out}/manifest.json)")
         else:
             source = fetch_raw(data.dataset, args.out, mirror=data.mirror)
+            done = f"{data.dataset}: raw files in {args.out} (from {source})"
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if data.dataset != "folder":
-        print(f"{data.dataset}: raw files in {args.out} (from {source})")
-        return 0
-    counts = manifest["counts"]
-    print(f"{data.path}: {counts['used']} images of {len(manifest['class_names'])} class(es) "
-          f"at {manifest['channels']}x{data.image_size}x{data.image_size} in {args.out}; "
-          f"{counts['skipped']} skipped (listed with the reason in {args.out}/manifest.json)")
+    print(done)
     return 0
 
 

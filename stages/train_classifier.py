@@ -41,6 +41,7 @@ def main(argv=None) -> int:
         train_x, train_y = splits["train"]
         torch.manual_seed(cfg.seed)  # the initial weights
         classes = len(read_class_names(args.data))
+        # built for one class too, so a classifier.channels the images cannot take is an error
         model = Classifier(tuple(train_x.shape[1:]), max(classes, 2), cfg.channels,
                            cfg.features)
     except (ConfigError, DeviceError, ValueError) as exc:

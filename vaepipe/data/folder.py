@@ -121,7 +121,7 @@ def ingest_folder(root: str | Path, dest: str | Path, image_size: int,
         try:
             headers.append((path, label, *_header(path)))
         except ImageInputError as exc:
-            skipped.append((path, str(exc).split(": ", 1)[1]))
+            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
     resolved = channels if channels != "auto" else \
         (3 if any(mode not in GREY_MODES for _, _, mode, _ in headers) else 1)
     images, labels, used = [], [], []
@@ -129,7 +129,7 @@ def ingest_folder(root: str | Path, dest: str | Path, image_size: int,
         try:
             images.append(load_image(path, resolved, (image_size, image_size)))
         except ImageInputError as exc:  # a header that reads, pixels that do not: truncated
-            skipped.append((path, str(exc).split(": ", 1)[1]))
+            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
             continue
         data = path.read_bytes()
         labels.append(label)
