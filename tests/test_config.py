@@ -11,7 +11,7 @@ from vaepipe.config import ConfigError, Params, load_params, parse_params, to_di
 REPO_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
 
-def test_repo_params_parse_and_match_the_seed_recipes():
+def test_repo_params_parse_and_match_the_recipes():
     params = load_params(REPO_PARAMS)
     assert (params.seed, params.device, params.beta) == (42, "auto", 1.0)
     assert params.data.dataset == "fashion-mnist" and params.data.val_fraction == 0.1
@@ -72,6 +72,7 @@ REJECTED = [
     ({"data": "fashion-mnist"}, "data must be a mapping of keys, got 'fashion-mnist'"),
     ({"mlp": {"epochs": 0}}, "mlp.epochs must be >= 1, got 0"),
     ({"mlp": {"lr": 0}}, "mlp.lr must be > 0 and <= 1, got 0.0"),
+    ({"mlp": {"lr": float("inf")}}, "mlp.lr must be a finite number, got inf"),
     ({"mlp": {"hidden": []}}, "mlp.hidden must list at least 1 value(s), got []"),
     ({"mlp": {"hidden": 512}}, "mlp.hidden must be a list of integers, got 512"),
     ({"mlp": {"hidden": [512, "a"]}}, "mlp.hidden[1] must be an integer, got 'a'"),
@@ -103,12 +104,14 @@ REJECTED = [
     ({"sweep": {"betas": [0.5, 1, 0.5]}}, "sweep.betas must not repeat a value, got [0.5, 1.0, 0.5]"),
     ({"sweep": {"betas": [1, 1.0]}}, "sweep.betas must not repeat a value, got [1.0, 1.0]"),
     ({"sweep": {"betas": 0.5}}, "sweep.betas must be a list of numbers, got 0.5"),
+    ({"sweep": {"betas": [0.1, "x"]}}, "sweep.betas[1] must be a number, got 'x'"),
     ({"sweep": {"channels": []}}, "sweep.channels must list at least 1 value(s), got []"),
     ({"sweep": {"channels": [32, 0]}}, "sweep.channels[1] must be >= 1, got 0"),
     ({"sweep": {"batch_size": 0}}, "sweep.batch_size must be >= 1, got 0"),
     ({"sweep": {"lr": 0}}, "sweep.lr must be > 0 and <= 1, got 0.0"),
     ({"sweep": {"gif_frames": 1}}, "sweep.gif_frames must be >= 2, got 1"),
     ({"sweep": {"gif_frame": 10}}, "unknown key sweep.gif_frame; allowed keys in sweep: betas"),
+    ({"sweep": {"optimizer": "adam"}}, "unknown key sweep.optimizer; allowed keys in sweep: betas"),
     ({"classifier": {"channels": []}}, "classifier.channels must list at least 1 value(s), got []"),
     ({"classifier": {"channels": [16, 0]}}, "classifier.channels[1] must be >= 1, got 0"),
     ({"classifier": {"features": 1}}, "classifier.features must be >= 2, got 1"),
@@ -131,6 +134,17 @@ def test_rejected_values_name_key_value_and_allowed(raw, message):
     with pytest.raises(ConfigError) as info:
         parse_params(raw)
     assert message in str(info.value)
+
+
+def test_a_key_that_sections_share_takes_the_same_values_in_each():
+    # channels, lr, batch_size, epochs, seed...: one definition, only the default differs
+    sections = Params.model_json_schema()["$defs"]
+    rules: dict[str, dict] = {}
+    for name in ("MLPConfig", "ConvConfig", "SweepConfig", "ClassifierConfig"):
+        for key, schema in sections[name]["properties"].items():
+            rule = {k: v for k, v in schema.items() if k not in ("default", "description", "title")}
+            assert rules.setdefault(key, rule) == rule, f"{name}.{key}"
+    assert {"channels", "lr", "batch_size", "epochs", "latent_dim", "seed"} <= rules.keys()
 
 
 def test_load_params_file_errors(tmp_path):

@@ -4,15 +4,19 @@ Ctrl-C / SIGTERM without a traceback, no leftover temporaries.
 
 Everything runs in real subprocesses: slots are ``flock``s held by processes, signals are real.
 """
+import fcntl
 import hashlib
 import io
 import json
 import os
 import platform
+import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -313,6 +317,63 @@ def test_a_signal_stops_a_stage_with_one_line_and_keeps_only_whole_files(
         rows = (tmp_path / "h.csv").read_text().splitlines()[1:]
         assert metrics["partial"] is True and len(rows) in (metrics["epochs"],
                                                             metrics["epochs"] + 1)
+
+
+STAGE_WITH_A_BAR = """
+import os, signal, time
+from tqdm import tqdm
+from vaepipe import runtime
+
+def main():
+    bar = tqdm(total=100, desc="epoch 1/9", leave=False)  # as the training loop draws it
+    bar.update(40)
+    bar.refresh()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+
+runtime.run_stage(main)
+"""
+
+
+def _screen(text: str) -> list[str]:
+    """The non-blank lines a terminal shows for ``text``: "\\r" goes back to the line's start,
+    "\\033[K" erases from the cursor to the line's end, other characters overwrite."""
+    shown = []
+    for raw in text.split("\n"):
+        line, col = "", 0
+        for token in re.findall(r"\x1b\[K|\r|[^\r\x1b]+", raw):
+            if token == "\r":
+                col = 0
+            elif token == "\x1b[K":
+                line = line[:col]
+            else:
+                line, col = line[:col] + token + line[col + len(token):], col + len(token)
+        shown.append(line.rstrip())
+    return [line for line in shown if line]
+
+
+def test_a_signal_on_a_terminal_leaves_the_stage_line_and_no_progress_bar(tmp_path, env):
+    (tmp_path / "stage.py").write_text(STAGE_WITH_A_BAR)
+    ours, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "stage.py")], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(ours, 4096)
+        except OSError:  # EIO: the stage exited and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(ours)
+    assert proc.wait(timeout=60) == 130
+    text = b"".join(chunks).decode()
+    assert "epoch 1/9:  40%" in text  # the bar was drawn
+    assert _screen(text) == [
+        "stage: interrupted by SIGINT; files it had finished are kept, none is half-written"]
 
 
 def test_sigkill_leaves_a_temporary_that_the_next_write_removes(tmp_path):

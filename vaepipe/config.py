@@ -1,7 +1,7 @@
 """Typed, frozen view of params.yaml, validated by pydantic v2.
 
 Every stage parses params.yaml once, here, before doing any work. The models below hold the
-seeds' recipes as their defaults (seed 000 for ``mlp``, seed 002 for ``conv`` and ``sweep``),
+recipes as their defaults (recipe 000 for ``mlp``, recipe 002 for ``conv`` and ``sweep``),
 so a key left out of params.yaml gets the same value params.yaml documents. An unknown key, a
 value of the wrong type or one outside its allowed range raises :class:`ConfigError` with one
 line that names the dotted key, the value given and what is allowed, for example
@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Callable, Literal
 
-import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Dataset = Literal["fashion-mnist", "mnist", "cifar10", "folder"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Activation = Literal["relu", "leaky_relu"]
-Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli", "discretized_logistic"]
 Binarize = Literal["none", "dynamic"]
 Optimizer = Literal["adam", "adamw"]
 KLSchedule = Literal["constant", "linear", "cyclical"]
@@ -31,9 +28,12 @@ KLSchedule = Literal["constant", "linear", "cyclical"]
 # stay strict.
 NonNegative = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+LearningRate = Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)]
+# layer widths: an MLP's hidden units, a CNN's channels
+Widths = Annotated[tuple[PositiveInt, ...], Field(strict=False, min_length=1)]
 # classes by index or by name (a folder's class names are its sub-folders' names)
-ClassList = Annotated[tuple[Annotated[int, Field(strict=True, ge=0)] | str, ...],
-                      Field(strict=False, min_length=1)]
+ClassList = Annotated[tuple[NonNegativeInt | str, ...], Field(strict=False, min_length=1)]
 
 
 class ConfigError(ValueError):
@@ -45,7 +45,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Dataset = "fashion-mnist"
+    # a name of vaepipe.data.catalog.DATASETS, or folder (checked by the catalog's registered check)
+    dataset: str = "fashion-mnist"
     mirror: str | None = Field(None, description="a directory holding the dataset's files")
     val_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False)
     split_seed: int = Field(42, ge=0)
@@ -73,62 +74,64 @@ def training_data(data: DataConfig) -> dict[str, Any]:
 class TrainConfig(_Section):
     """Optimisation and KL-schedule keys shared by every model section.
 
-    The defaults here are the conv recipe's (seed 002); :class:`MLPConfig` overrides those
-    that seed 000 sets differently.
+    The defaults here are recipe 002's (the conv VAE); :class:`MLPConfig` overrides those
+    that recipe 000 sets differently.
     """
-    likelihood: Likelihood = "bernoulli"
+    # names of vaepipe.models.likelihoods.LIKELIHOODS and vaepipe.models.priors.PRIORS (their
+    # registered checks); obs_std is the gaussian likelihood's own parameter
+    likelihood: str = "bernoulli"
     obs_std: float = Field(1.0, gt=0, allow_inf_nan=False,
                            description="fixed pixel standard deviation of the gaussian likelihood")
-    epochs: int = Field(25, ge=1)
-    batch_size: int = Field(128, ge=1)
+    prior: str = "standard_normal"
+    epochs: PositiveInt = 25
+    batch_size: PositiveInt = 128
     optimizer: Optimizer = "adam"
-    lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    grad_clip: float = Field(0.0, ge=0, allow_inf_nan=False,
-                             description="max gradient norm; 0 disables clipping")
+    lr: LearningRate = 1e-3
+    weight_decay: NonNegative = 0.0
+    grad_clip: NonNegative = Field(0.0, description="max gradient norm; 0 disables clipping")
     kl_schedule: KLSchedule = "constant"
-    warmup_epochs: int = Field(0, ge=0, description="linear: epochs to reach beta")
-    cycles: int = Field(4, ge=1, description="cyclical: number of cycles over the run")
+    warmup_epochs: NonNegativeInt = Field(0, description="linear: epochs to reach beta")
+    cycles: PositiveInt = Field(4, description="cyclical: number of cycles over the run")
     cycle_ratio: float = Field(0.5, gt=0, le=1, allow_inf_nan=False,
                                description="cyclical: fraction of each cycle spent increasing")
 
 
 class MLPConfig(TrainConfig):
-    """Seed 000: 784-512-256-z32, LeakyReLU(0.2), linear KL warm-up over 25 of 50 epochs."""
-    hidden: tuple[PositiveInt, ...] = Field((512, 256), strict=False, min_length=1)
+    """Recipe 000: 784-512-256-z32, LeakyReLU(0.2), linear KL warm-up over 25 of 50 epochs."""
+    hidden: Widths = (512, 256)
     activation: Activation = "leaky_relu"
     negative_slope: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
-    latent_dim: int = Field(32, ge=1)
-    epochs: int = Field(50, ge=1)
-    lr: float = Field(5e-4, gt=0, le=1, allow_inf_nan=False)
+    latent_dim: PositiveInt = 32
+    epochs: PositiveInt = 50
+    lr: LearningRate = 5e-4
     kl_schedule: KLSchedule = "linear"
-    warmup_epochs: int = Field(25, ge=0, description="linear: epochs to reach beta")
+    warmup_epochs: NonNegativeInt = Field(25, description="linear: epochs to reach beta")
 
 
 class ConvConfig(TrainConfig):
-    """Seed 002: 32-64 channels with BatchNorm, z16, Adam 1e-3, 25 epochs, constant KL weight."""
-    channels: tuple[PositiveInt, ...] = Field((32, 64), strict=False, min_length=1)
-    latent_dim: int = Field(16, ge=1)
+    """Recipe 002: 32-64 channels with BatchNorm, z16, Adam 1e-3, 25 epochs, constant KL weight."""
+    channels: Widths = (32, 64)
+    latent_dim: PositiveInt = 16
 
 
 class SweepConfig(_Section):
-    """Seed 002's beta study: conv VAE with a 2-D latent on three classes.
+    """Recipe 002's beta study: conv VAE with a 2-D latent on three classes.
 
     One model per entry of ``betas`` (a DVC matrix stage each); the other keys are shared by
-    every beta. ``batch_size`` is 256, not seed 002's 128: it trains faster per image on a
+    every beta. ``batch_size`` is 256, not recipe 002's 128: it trains faster per image on a
     small multi-threaded CPU, for a small cost in test reconstruction (measured in
     docs/beta-sweep.md).
     """
     betas: tuple[NonNegative, ...] = Field((0.1, 0.5, 1.0), strict=False, min_length=1)
-    epochs: int = Field(20, ge=1)
-    latent_dim: int = Field(2, ge=1)
+    epochs: PositiveInt = 20
+    latent_dim: PositiveInt = 2
     # auto: the first three classes (all, if fewer); or class indices or names
     classes: Literal["auto"] | ClassList = (0, 1, 7)
-    channels: tuple[PositiveInt, ...] = Field((32, 64), strict=False, min_length=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
+    channels: Widths = (32, 64)
+    batch_size: PositiveInt = 256
+    lr: LearningRate = 1e-3
     gif_frames: int = Field(48, ge=2, description="frames per latent-evolution GIF")
-    seed: int = Field(42, ge=0, description="the sweep's initialisation, shuffling and noise")
+    seed: NonNegativeInt = Field(42, description="the sweep's initialisation, shuffling and noise")
 
 
 class VisualizeConfig(_Section):
@@ -144,14 +147,14 @@ class VisualizeConfig(_Section):
 
 class ClassifierConfig(_Section):
     """The CNN whose penultimate layer is the feature space of FID and precision/recall."""
-    channels: tuple[PositiveInt, ...] = Field((16, 32), strict=False, min_length=1)
+    channels: Widths = (16, 32)
     features: int = Field(128, ge=2, description="width of the penultimate (feature) layer")
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-3, gt=0, le=1, allow_inf_nan=False,
-                      description="Adam's starting learning rate, cosine-annealed to 0")
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    seed: int = Field(42, ge=0, description="the classifier's initialisation and shuffling")
+    epochs: PositiveInt = 4
+    batch_size: PositiveInt = 128
+    lr: LearningRate = Field(3e-3,
+                             description="Adam's starting learning rate, cosine-annealed to 0")
+    weight_decay: NonNegative = 0.0
+    seed: NonNegativeInt = Field(42, description="the classifier's initialisation and shuffling")
 
 
 class EvaluateConfig(_Section):
@@ -171,7 +174,7 @@ class EvaluateConfig(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(42, ge=0, description="the two VAEs' training and their evaluation")
+    seed: NonNegativeInt = Field(42, description="the two VAEs' training and their evaluation")
     device: Device = "auto"
     beta: float = Field(1.0, ge=0, allow_inf_nan=False,
                         description="KL weight the main models train towards")
@@ -187,90 +190,46 @@ class Params(_Section):
 # --------------------------------------------------------------------------------------------
 # One-line messages from pydantic's structured errors
 
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-_PLURAL = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
-_TYPE_ERRORS = {"int_type": int, "int_from_float": int, "int_parsing": int,
-                "float_type": float, "float_parsing": float, "bool_type": bool,
-                "bool_parsing": bool, "string_type": str}
-_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# pydantic's error types -> what the value must be; the JSON schema's bounds as written here
+_KINDS = {"int_type": "an integer", "float_type": "a number", "finite_number": "a finite number",
+          "bool_type": "true or false", "string_type": "a string",
+          "model_type": "a mapping of keys"}
+_BOUNDS = {"exclusiveMinimum": ">", "minimum": ">=", "exclusiveMaximum": "<", "maximum": "<="}
 
 
-def _field_info(loc: tuple) -> tuple[Any, Any]:
-    """The pydantic FieldInfo of the field at ``loc`` (string parts only) and its item type."""
-    model: Any = Params
-    info = None
+def _schema(loc: tuple) -> dict:
+    """The JSON schema of the section, key or list item at ``loc`` of :class:`Params`."""
+    root = schema = Params.model_json_schema()
     for part in loc:
-        if not isinstance(part, str):
-            continue
-        info = model.model_fields[part]
-        model = info.annotation
-    return info, model
-
-
-def _scalar_type(annotation: Any) -> Any:
-    """The scalar Python type behind an annotation: tuple[int, ...] -> int, float | None -> float."""
-    args = [a for a in get_args(annotation) if a is not type(None) and a is not Ellipsis]
-    if not args:
-        return annotation
-    inner = args[0]
-    base = get_args(inner)[0] if get_args(inner) else inner  # Annotated[int, ...] -> int
-    return _scalar_type(base) if get_args(base) else base
-
-
-def _bounds(info: Any, annotation: Any) -> str:
-    """The allowed range of a field (or of its items) as text: '> 0 and <= 1'."""
-    metadata = list(info.metadata)
-    item_args = get_args(annotation)
-    if item_args and hasattr(item_args[0], "__metadata__"):  # tuple[Annotated[..., Field], ...]
-        for meta in item_args[0].__metadata__:
-            metadata += getattr(meta, "metadata", [meta])
-    lo = hi = ""
-    for m in metadata:
-        if isinstance(m, annotated_types.Gt):
-            lo = f"> {m.gt:g}"
-        elif isinstance(m, annotated_types.Ge):
-            lo = f">= {m.ge:g}"
-        elif isinstance(m, annotated_types.Lt):
-            hi = f"< {m.lt:g}"
-        elif isinstance(m, annotated_types.Le):
-            hi = f"<= {m.le:g}"
-    return " and ".join(p for p in (lo, hi) if p)
+        schema = schema["items"] if isinstance(part, int) else schema["properties"][part]
+        schema = root["$defs"].get(schema.get("$ref", "").rsplit("/", 1)[-1], schema)
+    return schema
 
 
 def _dotted(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def _message(err: dict) -> str:
     """One pydantic error as ``<dotted key> must be <allowed>, got <value>``."""
-    loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
-    key = _dotted(loc)
+    loc, kind, value = tuple(err["loc"]), err["type"], err["input"]
+    key = _dotted(loc) or "params.yaml"
     if kind == "extra_forbidden":
-        section = loc[:-1]
-        model = _field_info(section)[1] if section else Params
-        where = _dotted(section) or "params.yaml"
-        return f"unknown key {key}; allowed keys in {where}: {', '.join(model.model_fields)}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{key or 'params.yaml'} must be a mapping of keys, got {value!r}"
-    info, annotation = _field_info(loc)
-    scalar = _scalar_type(annotation)
-    if kind == "literal_error":
-        choices = ", ".join(map(str, get_args(scalar) or get_args(annotation)))
-        return f"{key} must be one of {choices}; got {value!r}"
-    if kind in ("tuple_type", "list_type"):
-        return f"{key} must be a list of {_PLURAL.get(scalar, 'values')}, got {value!r}"
+        allowed = ", ".join(_schema(loc[:-1])["properties"])
+        return f"unknown key {key}; allowed keys in {_dotted(loc[:-1]) or 'params.yaml'}: {allowed}"
+    if kind in _KINDS:
+        return f"{key} must be {_KINDS[kind]}, got {value!r}"
     if kind == "too_short":
         return f"{key} must list at least {err['ctx']['min_length']} value(s), got {value!r}"
-    if kind == "finite_number":
-        return f"{key} must be a finite number, got {value!r}"
-    if kind in _TYPE_ERRORS:
-        return f"{key} must be {_KINDS[_TYPE_ERRORS[kind]]}, got {value!r}"
-    if kind in _RANGE_ERRORS:
-        shown = float(value) if scalar is float else value
-        return f"{key} must be {_bounds(info, annotation)}, got {shown!r}"
+    schema = _schema(loc)
+    if kind == "literal_error":
+        return f"{key} must be one of {', '.join(map(str, schema['enum']))}; got {value!r}"
+    if kind == "tuple_type":
+        return f"{key} must be a list of {schema['items'].get('type', 'value')}s, got {value!r}"
+    if kind.startswith(("greater_than", "less_than")):
+        bounds = " and ".join(f"{op} {schema[k]:g}" for k, op in _BOUNDS.items() if k in schema)
+        shown = float(value) if schema.get("type") == "number" else value
+        return f"{key} must be {bounds}, got {shown!r}"
     return f"{key}: {err['msg']}, got {value!r}"
 
 
@@ -281,18 +240,23 @@ def check_batch_size(key: str, batch_size: int, images: int) -> None:
         raise ConfigError(f"{key} must be <= {images} (the training images), got {batch_size}")
 
 
-def _check_pixels(data: DataConfig, name: str, likelihood: str) -> None:
-    """Likelihoods that fix what a model trains on exclude data keys that change it."""
-    if data.binarize == "dynamic" and (likelihood not in ("bernoulli", "gaussian")
-                                       or data.dequantize):
-        what = "data.dequantize: true" if data.dequantize else f"{name}.likelihood: {likelihood}"
-        raise ConfigError(f"data.binarize: dynamic cannot go with {what}: binarized pixels are "
-                          f"0 or 1, scored by the bernoulli (or gaussian) likelihood; set "
-                          f"data.binarize: none, or that key back")
-    if data.dequantize and likelihood == "discretized_logistic":
-        raise ConfigError(f"data.dequantize: true cannot go with {name}.likelihood: "
-                          f"discretized_logistic, which scores the 256 levels themselves; set "
-                          f"data.dequantize: false")
+# Checks of names that registries define (datasets, likelihoods, priors). This module imports
+# no package, so each registry adds its check when it is imported: a stage that uses a registry
+# checks its names before any work, and a name registered later (a test's) still validates.
+_REGISTERED_CHECKS: list[Callable[["Params"], None]] = []
+
+
+def register_check(check: Callable[["Params"], None]) -> Callable[["Params"], None]:
+    """Run ``check(params)`` in every later :func:`parse_params`; it raises ConfigError."""
+    if check not in _REGISTERED_CHECKS:
+        _REGISTERED_CHECKS.append(check)
+    return check
+
+
+def check_name(key: str, value: str, registry) -> None:
+    """``value`` must be a key of ``registry``: one line naming ``key`` and the choices."""
+    if value not in registry:
+        raise ConfigError(f"{key} must be one of {', '.join(registry)}; got {value!r}")
 
 
 def parse_params(raw: Any) -> Params:
@@ -310,7 +274,6 @@ def parse_params(raw: Any) -> Params:
         raise ConfigError(_message(first)) from None
     for name in ("mlp", "conv"):
         section = getattr(params, name)
-        _check_pixels(params.data, name, section.likelihood)
         if section.kl_schedule == "cyclical" and section.cycles > section.epochs:
             raise ConfigError(f"{name}.cycles must be <= {name}.epochs "
                               f"({section.epochs}), got {section.cycles}")
@@ -320,6 +283,8 @@ def parse_params(raw: Any) -> Params:
     if len(set(params.sweep.betas)) != len(params.sweep.betas):
         # each beta is one DVC matrix stage, named and stored by its value
         raise ConfigError(f"sweep.betas must not repeat a value, got {list(params.sweep.betas)}")
+    for check in _REGISTERED_CHECKS:
+        check(params)
     return params
 
 

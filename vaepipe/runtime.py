@@ -114,10 +114,10 @@ _SIGNALS = {signal.SIGINT: ("interrupted by SIGINT", 130),
 
 def _on_signal(signum, frame) -> NoReturn:
     word, status = _SIGNALS[signum]
-    std = sys.modules.get("tqdm.std")  # erase any progress bar: the stage's line comes last
-    for bar in list(getattr(std.tqdm, "_instances", ())) if std else ():
-        bar.close()
-    print(f"{Path(sys.argv[0]).stem}: {word}; files it had finished are kept, none is "
+    # on a terminal, a progress bar (tqdm, leave=False) is drawn on the cursor's line: "\r" and
+    # "erase in line" remove it, so the stage's line stands alone and comes last
+    erase = "\r\033[K" if sys.stderr.isatty() else ""
+    print(f"{erase}{Path(sys.argv[0]).stem}: {word}; files it had finished are kept, none is "
           f"half-written", file=sys.stderr)
     # SystemExit unwinds like an exception, so atomic_path's cleanup still runs, but Python
     # prints no traceback for it
