@@ -28,11 +28,12 @@ def test_registry_matches_torchvision() -> None:
 
 
 def test_class_names() -> None:
-    assert catalog.CLASS_NAMES["fashion-mnist"][0] == "T-shirt/top"
-    assert catalog.CLASS_NAMES["fashion-mnist"][9] == "Ankle boot"
-    assert catalog.CLASS_NAMES["mnist"] == tuple("0123456789")
-    assert catalog.CLASS_NAMES["cifar10"] == fakedata.CIFAR_LABEL_NAMES
-    assert all(len(v) == 10 for v in catalog.CLASS_NAMES.values())
+    names = {k: spec.class_names for k, spec in catalog.DATASETS.items()}
+    assert names["fashion-mnist"][0] == "T-shirt/top"
+    assert names["fashion-mnist"][9] == "Ankle boot"
+    assert names["mnist"] == tuple("0123456789")
+    assert names["cifar10"] == fakedata.CIFAR_LABEL_NAMES
+    assert all(len(v) == 10 for v in names.values())
 
 
 def test_read_idx_round_trips(tmp_path) -> None:

@@ -45,7 +45,9 @@ from tiny import ALL_STAGES
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split, load_splits, save_arrays
 from vaepipe.data.baselines import baseline_rates
-from vaepipe.data.catalog import CIFAR_DIR, DataFormatError, DataSourceError
+from vaepipe.data.catalog import DataFormatError, DataSourceError
+from vaepipe.data.formats import Cifar
+CIFAR_DIR = Cifar.folder
 from vaepipe.data.sources import fetch_raw
 from vaepipe.io import write_json
 
@@ -168,7 +170,7 @@ SCHEMA_CASES = [
     case("mlp-activation-unknown", "mlp.activation", "gelu", "train-mlp",
          "mlp.activation must be one of relu, leaky_relu; got 'gelu'"),
     case("mlp-key-misspelt", "mlp.latnt_dim", 4, "train-mlp",
-         "unknown key mlp.latnt_dim; allowed keys in mlp: likelihood, obs_std, epochs"),
+         "unknown key mlp.latnt_dim; allowed keys in mlp: likelihood, obs_std, prior, epochs"),
     case("conv-batch-size-0", "conv.batch_size", 0, "train-conv",
          "conv.batch_size must be >= 1, got 0"),
     case("conv-lr-negative", "conv.lr", -0.001, "train-conv",

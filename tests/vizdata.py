@@ -22,7 +22,7 @@ from PIL import Image
 
 from vaepipe.config import Params, to_dict
 from vaepipe.data.arrays import save_arrays
-from vaepipe.data.catalog import CLASS_NAMES
+from vaepipe.data.catalog import DATASETS
 from vaepipe.io import write_json
 from vaepipe.models.vae import build_model
 from vaepipe.train.checkpoints import save_checkpoint
@@ -151,7 +151,7 @@ def write_inputs(root: Path, n_test: int = 40, n_train: int = 60, sweep: bool = 
     for name, n in (("train", n_train), ("val", 20)):
         save_arrays(data / f"{name}.npz", *_images(rng, n))
     save_arrays(data / "test.npz", test_x, test_y)
-    write_json(data / "manifest.json", {"class_names": list(CLASS_NAMES[DATASET])})
+    write_json(data / "manifest.json", {"class_names": list(DATASETS[DATASET].class_names)})
 
     params = Params()
     metrics: dict = {"reference": {"fid_real_vs_real": 1.0}}

@@ -1,23 +1,18 @@
-"""The datasets this project knows: their raw files, checksums, shapes, class names and URLs."""
+"""The datasets this project knows (:data:`DATASETS`, the one list that params name): their
+format, archives, checksums, shapes, class names and URLs. How their raw files are found, read
+and checked is their format's (:mod:`vaepipe.data.formats`). Adding a dataset is one
+:class:`DatasetSpec` in :data:`DATASETS` (and, for a new kind of files, a format).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
-SPLITS = ("train", "val", "test")
-NUM_CLASSES = 10  # of each named dataset; a folder has as many as it has class folders
-IMAGE_SIZES = (28, 32, 64)  # the square sizes a model can be built for (folders: data.image_size)
+from vaepipe.config import Params, check_name, register_check
 
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-CIFAR_DIR = "cifar-10-batches-py"
-CIFAR_FILES = {
-    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-    "test": ("test_batch",),
-}
-CIFAR_META = "batches.meta"
+SPLITS = ("train", "val", "test")
+IMAGE_SIZES = (28, 32, 64)  # the square sizes a model can be built for (folders: data.image_size)
+FOLDER = "folder"  # data.dataset for a folder of images (vaepipe.data.folder), not a spec here
 
 
 class DataError(Exception):
@@ -36,14 +31,15 @@ class DataSourceError(DataError):
 class DatasetSpec:
     """Where a dataset's raw files come from and what they must look like.
 
-    ``archives`` maps each upstream archive name to its md5 (from torchvision); ``raw_md5``
-    maps each decompressed raw file to its pinned md5, or is None where no such sums are
-    published; ``counts`` is the number of records each raw file holds upstream.
+    ``format`` names a registered :class:`vaepipe.data.formats.RawFormat`; ``archives`` maps
+    each upstream archive name to its md5 (from torchvision); ``raw_md5`` maps each
+    decompressed raw file to its pinned md5, or is None where no such sums are published;
+    ``counts`` is the number of records of each split upstream; the number of classes is the
+    number of ``class_names``.
     """
 
     name: str
-    format: str  # "idx" or "cifar"
-    raw_files: tuple[str, ...]
+    format: str
     archives: Mapping[str, str]
     base_urls: tuple[str, ...]
     raw_md5: Mapping[str, str] | None
@@ -54,17 +50,11 @@ class DatasetSpec:
     apt_package: str | None = None
 
 
-def _idx_counts() -> dict[str, int]:
-    return {name: 60000 if split == "train" else 10000
-            for split, names in IDX_FILES.items() for name in names}
-
-
-IDX_RAW = (*IDX_FILES["train"], *IDX_FILES["test"])
+IDX_COUNTS = {"train": 60000, "test": 10000}
 
 FASHION_MNIST = DatasetSpec(
     name="fashion-mnist",
     format="idx",
-    raw_files=IDX_RAW,
     # torchvision.datasets.FashionMNIST.resources
     archives={
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -80,7 +70,7 @@ FASHION_MNIST = DatasetSpec(
         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
     },
     standard_dir="/usr/share/datasets/fashion-mnist",
-    counts=_idx_counts(),
+    counts=IDX_COUNTS,
     image_shape=(1, 28, 28),
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"),
@@ -90,7 +80,6 @@ FASHION_MNIST = DatasetSpec(
 MNIST = DatasetSpec(
     name="mnist",
     format="idx",
-    raw_files=IDX_RAW,
     # torchvision.datasets.MNIST.resources
     archives={
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -104,7 +93,7 @@ MNIST = DatasetSpec(
     # upstream .gz md5 is checked when the files come from the official download.
     raw_md5=None,
     standard_dir="/usr/share/datasets/mnist",
-    counts=_idx_counts(),
+    counts=IDX_COUNTS,
     image_shape=(1, 28, 28),
     class_names=tuple(str(d) for d in range(10)),
 )
@@ -112,7 +101,6 @@ MNIST = DatasetSpec(
 CIFAR10 = DatasetSpec(
     name="cifar10",
     format="cifar",
-    raw_files=(*CIFAR_FILES["train"], *CIFAR_FILES["test"], CIFAR_META),
     # torchvision.datasets.CIFAR10.tgz_md5
     archives={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     base_urls=("https://www.cs.toronto.edu/~kriz/",),
@@ -127,14 +115,13 @@ CIFAR10 = DatasetSpec(
         "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
     },
     standard_dir=None,
-    counts={name: 10000 for names in CIFAR_FILES.values() for name in names},
+    counts={"train": 50000, "test": 10000},
     image_shape=(3, 32, 32),
     class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"),
 )
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (FASHION_MNIST, MNIST, CIFAR10)}
-CLASS_NAMES: dict[str, tuple[str, ...]] = {s.name: s.class_names for s in DATASETS.values()}
 
 
 def get_spec(dataset: str) -> DatasetSpec:
@@ -144,3 +131,8 @@ def get_spec(dataset: str) -> DatasetSpec:
     except KeyError:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}") from None
 
+
+
+@register_check
+def _check_dataset(params: Params) -> None:
+    check_name("data.dataset", params.data.dataset, {**DATASETS, FOLDER: None})

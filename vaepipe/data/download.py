@@ -1,4 +1,4 @@
-"""The official download of a dataset's archives, and the records of what a source provides.
+"""The official download of a dataset's archives, and what a source is expected to provide.
 
 :func:`download_archives` fetches every upstream archive with torchvision's helpers (checked
 against the archive's md5); :mod:`vaepipe.data.sources` tries it after the local sources and
@@ -11,29 +11,10 @@ import http.client
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping
 
-from vaepipe.data.catalog import CIFAR_DIR, DataFormatError, DatasetSpec
-
-
-class Unavailable(Exception):
-    """A source that is simply not there (missing directory, no dataset files in it)."""
-
-
-@dataclass(frozen=True)
-class RawItem:
-    """One raw file to produce: from a plain file, a .gz file, or a member of a tar archive."""
-
-    name: str  # the raw file's name in dest
-    path: Path  # the local file holding it (the plain file, the .gz or the tar archive)
-    how: str  # "copy", "gunzip" or "tar"
-    source: str  # how messages name ``path``: a local path or the URL it was downloaded from
-    member: str = ""  # for "tar": the member's name in the archive
-
-    @property
-    def shown(self) -> str:
-        """How messages name this file."""
-        return f"{self.source}[{self.member}]" if self.member else self.source
+from vaepipe.data.catalog import DataFormatError, DatasetSpec
+from vaepipe.data.formats import RawItem, Unavailable, format_of
 
 
 @dataclass(frozen=True)
@@ -41,11 +22,6 @@ class Expectations:
     raw_md5: Mapping[str, str] | None
     archive_md5: Mapping[str, str]
     official_counts: bool
-
-
-def tar_items(archive: Path, source: str, names: Sequence[str]) -> list[RawItem]:
-    """Items for raw files ``names`` held in the CIFAR-10 tarball ``archive``."""
-    return [RawItem(n, archive, "tar", source, member=f"{CIFAR_DIR}/{n}") for n in names]
 
 
 @contextlib.contextmanager
@@ -85,8 +61,5 @@ def download_archives(spec: DatasetSpec, base_url: str, download_dir: Path,
             raise Unavailable(f"{url}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
             raise Unavailable(f"{url}: {exc}") from None
-        if spec.format == "idx":
-            items.append(RawItem(archive[:-len(".gz")], target, "gunzip", url))
-        else:
-            items += tar_items(target, url, spec.raw_files)
+        items += format_of(spec).archive_items(spec, archive, target, url)
     return items

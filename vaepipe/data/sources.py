@@ -39,12 +39,9 @@ import zlib
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
-from vaepipe.data.catalog import (CIFAR_DIR, CIFAR_FILES, CIFAR_META, IDX_FILES, NUM_CLASSES,
-                                  DataError, DataFormatError, DataSourceError, DatasetSpec,
-                                  get_spec)
-from vaepipe.data.download import (Expectations, RawItem, Unavailable, download_archives,
-                                   tar_items)
-from vaepipe.data.formats import check_labels, read_cifar_batch, read_cifar_meta, read_idx
+from vaepipe.data.catalog import DataError, DataFormatError, DataSourceError, DatasetSpec, get_spec
+from vaepipe.data.download import Expectations, download_archives
+from vaepipe.data.formats import RawItem, Unavailable, format_of
 
 logger = logging.getLogger(__name__)
 
@@ -69,50 +66,32 @@ def _expectations(spec: DatasetSpec, expected_md5: Mapping[str, str] | None) -> 
             raise DataError(f"{EXPECTED_MD5_ENV}={origin}: expected a JSON object of name: md5")
     if expected_md5 is None:
         return Expectations(spec.raw_md5, spec.archives, official_counts=True)
-    missing = [n for n in spec.raw_files if n not in expected_md5]
+    raw_files = format_of(spec).raw_files
+    missing = [n for n in raw_files if n not in expected_md5]
     if missing:
         raise DataError(f"{origin} has no md5 for {', '.join(missing)}")
     return Expectations(
-        raw_md5={n: expected_md5[n] for n in spec.raw_files},
+        raw_md5={n: expected_md5[n] for n in raw_files},
         archive_md5={a: expected_md5[a] for a in spec.archives if a in expected_md5},
         official_counts=False)
 
 
-def _expected_names(spec: DatasetSpec) -> str:
-    if spec.format == "idx":
-        return ", ".join(f"{n}[.gz]" for n in spec.raw_files)
-    return f"{next(iter(spec.archives))} or {', '.join(spec.raw_files)}"
-
-
 def _plan_local(spec: DatasetSpec, src: Path) -> list[RawItem]:
-    """Find each raw file in directory ``src``, decompressed or archived.
+    """Find each raw file in directory ``src``, as its format stores it.
 
     Raises :class:`Unavailable` when the directory or every dataset file is absent, and
     :class:`DataFormatError` when only some are there.
     """
     if not src.is_dir():
         raise Unavailable("directory does not exist" if not src.exists() else "not a directory")
-    items: list[RawItem] = []
-    from_tar: list[str] = []
-    missing: list[str] = []
-    tarball = src / next(iter(spec.archives))
-    for name in spec.raw_files:
-        plain = [src / name] + ([src / CIFAR_DIR / name] if spec.format == "cifar" else [])
-        found = next((p for p in plain if p.is_file()), None)
-        if found is not None:
-            items.append(RawItem(name, found, "copy", str(found)))
-        elif spec.format == "idx" and (src / f"{name}.gz").is_file():
-            items.append(RawItem(name, src / f"{name}.gz", "gunzip", str(src / f"{name}.gz")))
-        elif spec.format == "cifar" and tarball.is_file():
-            from_tar.append(name)
-        else:
-            missing.append(name)
-    if len(missing) == len(spec.raw_files):
-        raise Unavailable(f"no {spec.name} files in it (looked for {_expected_names(spec)})")
+    fmt = format_of(spec)
+    items, missing = fmt.local_items(spec, src)
+    if len(missing) == len(fmt.raw_files):
+        raise Unavailable(f"no {spec.name} files in it (looked for {fmt.expected_names(spec)})")
     if missing:
-        archived = "" if spec.format == "cifar" else " (or .gz)"
-        raise DataFormatError(f"{src} is incomplete: missing {', '.join(missing)}{archived}")
-    return items + tar_items(tarball, str(tarball), from_tar)
+        raise DataFormatError(f"{src} is incomplete: missing {', '.join(missing)} (looked for "
+                              f"{fmt.expected_names(spec)})")
+    return items
 
 
 def _copy_hashing(src: IO[bytes], dst: Path) -> str:
@@ -189,45 +168,8 @@ def _verify(spec: DatasetSpec, items: Sequence[RawItem], out_dir: Path, md5s: Ma
         if want is not None and md5s[item.name] != want:
             what = "md5" if item.how == "copy" else "md5 of the decompressed content"
             raise DataFormatError(f"{item.shown}: {what} is {md5s[item.name]}, expected {want}")
-    shown = {item.name: item.shown for item in items}
-    if spec.format == "idx":
-        _verify_idx(spec, out_dir, shown, expect.official_counts)
-    else:
-        _verify_cifar(spec, out_dir, shown, expect.official_counts)
-
-
-def _verify_idx(spec: DatasetSpec, out_dir: Path, shown: Mapping[str, str],
-                official_counts: bool) -> None:
-    for images_name, labels_name in IDX_FILES.values():
-        arrays = {}
-        for name, ndim in ((images_name, 3), (labels_name, 1)):
-            arr = read_idx(out_dir / name, shown[name])
-            if arr.ndim != ndim or (ndim == 3 and arr.shape[1:] != spec.image_shape[1:]):
-                kind = "N x 28 x 28 images (magic 00000803)" if ndim == 3 \
-                    else "N labels (magic 00000801)"
-                raise DataFormatError(f"{shown[name]}: expected {kind}, got shape {arr.shape}")
-            if official_counts and len(arr) != spec.counts[name]:
-                raise DataFormatError(f"{shown[name]}: {len(arr)} records, expected "
-                                      f"{spec.counts[name]}")
-            arrays[name] = arr
-        if len(arrays[images_name]) != len(arrays[labels_name]):
-            raise DataFormatError(f"{shown[labels_name]}: {len(arrays[labels_name])} labels for "
-                                  f"{len(arrays[images_name])} images in {images_name}")
-        check_labels(arrays[labels_name], shown[labels_name])
-
-
-def _verify_cifar(spec: DatasetSpec, out_dir: Path, shown: Mapping[str, str],
-                  official_counts: bool) -> None:
-    for name in (*CIFAR_FILES["train"], *CIFAR_FILES["test"]):
-        _, labels = read_cifar_batch(out_dir / name, shown[name])
-        if official_counts and len(labels) != spec.counts[name]:
-            raise DataFormatError(f"{shown[name]}: {len(labels)} images, expected "
-                                  f"{spec.counts[name]}")
-        check_labels(labels, shown[name])
-    names = read_cifar_meta(out_dir / CIFAR_META, shown[CIFAR_META])
-    if len(names) != NUM_CLASSES:
-        raise DataFormatError(f"{shown[CIFAR_META]}: {len(names)} label names, expected "
-                              f"{NUM_CLASSES}")
+    format_of(spec).verify(spec, out_dir, {item.name: item.shown for item in items},
+                           expect.official_counts)
 
 
 def replace_dir(new: Path, dest: Path, parking: Path) -> None:
@@ -317,8 +259,8 @@ def _failure_message(spec: DatasetSpec, dest: Path, tried: Sequence[str]) -> str
     if spec.apt_package:
         fixes.append(f"install the {spec.name} package: apt-get install {spec.apt_package} "
                      f"(it fills {spec.standard_dir})")
-    fixes.append(f"put the files ({_expected_names(spec)}) in a directory and set data.mirror "
-                 "in params.yaml to that directory")
+    fixes.append(f"put the files ({format_of(spec).expected_names(spec)}) in a directory and "
+                 "set data.mirror in params.yaml to that directory")
     fixes.append("connect to the internet so the official download can run")
     return (f"could not get verified {spec.name} raw files for {dest}; tried:\n"
             + "".join(f"  - {t}\n" for t in tried)
