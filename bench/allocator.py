@@ -36,8 +36,8 @@ for kind, args in (("mlp", {"latent_dim": 32, "hidden": (512, 256)}),
     times = []
     for i in range(steps + 5):
         start = time.perf_counter()
-        logits, mu, logvar = model(x)
-        loss = vae_loss(logits, x, mu, logvar).loss
+        logits, mu, logvar, z = model(x)
+        loss = vae_loss(model, x, logits, mu, logvar, z).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

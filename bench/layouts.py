@@ -44,8 +44,8 @@ def step_fn(model, batch_size: int, device: torch.device):
         if isinstance(model, Classifier):
             loss = F.cross_entropy(model(x), y)
         else:
-            logits, mu, logvar = model(x)
-            loss = vae_loss(logits, x, mu, logvar).loss
+            logits, mu, logvar, z = model(x)
+            loss = vae_loss(model, x, logits, mu, logvar, z).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,5 +1,5 @@
 """The whole pipeline's cost: seconds and peak memory per stage of one `dvc repro`, against the
-seeds' reference training recipe measured in the same run, on the same machine.
+recipes' reference training loop measured in the same run, on the same machine.
 
     python bench/pipeline.py                  # `dvc repro -f` in a temporary clone of HEAD
     python bench/pipeline.py --workspace      # `dvc repro` here (what is stale), e.g. the real run
@@ -17,7 +17,7 @@ resident memory of the stage's process tree, sampled every 0.1 s.
 The reference is ``bench/train_throughput.py``'s loop (torchvision dataset, DataLoader, stock
 Adam), one epoch of the default MLP and conv models, run after the pipeline. Its per-epoch
 seconds times the epochs the pipeline trains (train-mlp, train-conv, and each beta of the
-sweep, scaled by the sweep's share of the training images) estimate what the seeds' recipe
+sweep, scaled by the sweep's share of the training images) estimate what the recipes' loop
 would spend on training alone; the pipeline's total over that estimate is the figure to keep
 <= 0.5.
 """
@@ -160,7 +160,7 @@ def temporary_clone(tmp: Path) -> Path:
 
 
 def reference_epochs(project: Path, device: torch.device) -> dict[str, float]:
-    """Seconds per epoch of the seeds' loop for the default MLP and conv models."""
+    """Seconds per epoch of the recipes' loop for the default MLP and conv models."""
     params = load_params(project / "params.yaml")
     train_x, _ = load_split(project / f"data/processed/{params.data.dataset}", "train")
     seconds = {}

@@ -1,6 +1,6 @@
-"""Training throughput: our loop against the seeds' reference recipe, in one run, one machine.
+"""Training throughput: our loop against the recipes' reference loop, in one run, one machine.
 
-Reference (seeds 000 / 002): ``torchvision.datasets.FashionMNIST`` + ``transforms.ToTensor()``
+Reference (recipes 000 / 002): ``torchvision.datasets.FashionMNIST`` + ``transforms.ToTensor()``
 + ``DataLoader(batch_size=128, shuffle=True)``, a per-batch ``.to(device)``, ``torch.optim.Adam``
 with its default implementation and ``.item()`` on every batch's terms. Ours:
 ``vaepipe.train.loop.fit`` (uint8 tensors on the device, seeded in-place shuffling, fused Adam). Same model classes, same
@@ -23,14 +23,15 @@ import torch
 
 from vaepipe.config import load_params
 from vaepipe.data.arrays import load_split
-from vaepipe.data.catalog import get_spec
+from vaepipe.data.formats import FORMATS
 from vaepipe.models.vae import build_model, model_args
-from vaepipe.train.objective import vae_loss
+from vaepipe.train.objective import evaluate_elbo, vae_loss
 from vaepipe.train.device import device_name, resolve_device
-from vaepipe.train.loop import evaluate_elbo, fit, scheduled_kl_weight
+from vaepipe.train.loop import fit, scheduled_kl_weight
+
 
 def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
-    """The seeds' loop, as written there: DataLoader over a torchvision dataset."""
+    """The recipes' loop, as written there: DataLoader over a torchvision dataset."""
     from torch.utils.data import DataLoader, random_split
     from torchvision import datasets, transforms
 
@@ -38,7 +39,7 @@ def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
         # torchvision expects <root>/FashionMNIST/raw/<decompressed IDX files>.
         raw = Path(root, "FashionMNIST", "raw")
         raw.mkdir(parents=True)
-        for name in get_spec("fashion-mnist").raw_files:
+        for name in FORMATS["idx"].raw_files:
             (raw / name).symlink_to(Path(raw_dir, name).resolve())
         full = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor(),
                                      download=False)
@@ -55,12 +56,12 @@ def reference_train(model, cfg, beta, epochs, device, raw_dir, seed):
             total = 0.0
             for x, _ in loader:
                 x = x.to(device)
-                logits, mu, logvar = model(x)
-                terms = vae_loss(logits, x, mu, logvar, weight, cfg.likelihood, cfg.obs_std)
+                logits, mu, logvar, z = model(x)
+                terms = vae_loss(model, x, logits, mu, logvar, z, weight)
                 opt.zero_grad()
                 terms.loss.backward()
                 opt.step()
-                total += terms.loss.item() * len(x)  # the seeds log every batch this way
+                total += terms.loss.item() * len(x)  # the recipes log every batch this way
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
@@ -98,7 +99,7 @@ def main(argv=None):
                 res = _fit_first_epochs(model, train_x, cfg, args.epochs, params, device)
                 ips = len(train_x) * args.epochs / res.train_seconds
                 spe = res.train_seconds / args.epochs
-            nelbo = evaluate_elbo(model, test_t, 1.0, cfg, seed=0)["nelbo"]
+            nelbo = evaluate_elbo(model, test_t, 1.0, seed=0)["nelbo"]
             rows[recipe] = (ips, nelbo)
             print(f"{kind:6s} {recipe:10s} {ips:9,.0f} {spe:8.2f} {nelbo:11.2f}", flush=True)
         (ref_ips, ref_nelbo), (our_ips, our_nelbo) = rows["reference"], rows["ours"]

@@ -1,4 +1,4 @@
-"""DVC stage beta-sweep@<beta>: one beta of seed 002's study, its GIF, history and table row.
+"""DVC stage beta-sweep@<beta>: one beta of recipe 002's study, its GIF, history and table row.
 
     python stages/beta_sweep.py --beta 0.5 --data data/processed/fashion-mnist \
         --checkpoint models/sweep/beta_0.5.pt --history reports/sweep/beta_0.5/history.csv \
@@ -22,13 +22,14 @@ from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
 from vaepipe.data.arrays import load_splits, read_class_names
 from vaepipe.data.names import resolve_classes
 from vaepipe.figures.animation import render_gif
-from vaepipe.io import write_json
+from vaepipe.io import check_output, write_json
 from vaepipe.models.vae import build_model
 from vaepipe.sweep.frames import FrameRecorder, frame_steps, probe_indices, strip_pixels
 from vaepipe.sweep.study import KIND, measure, select_classes, train_config
 from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, resolve_device
-from vaepipe.train.loop import TrainingDiverged, fit, write_history
+from vaepipe.train.loop import fit, write_history
+from vaepipe.train.errors import TrainingDiverged
 
 PROBE_PER_CLASS = 200  # test images per class drawn in every GIF frame
 STRIP = 10             # of them, shown as originals over reconstructions
@@ -45,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
+        for flag in ("checkpoint", "history", "gif", "metrics"):
+            check_output(getattr(args, flag), f"--{flag}")
         params = load_params(args.params)
         device = resolve_device(params.device)
         sweep = params.sweep
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
         return 1
 
     metrics = {"beta": args.beta, "epochs": cfg.epochs,
-               **measure(model, cfg, args.beta, sweep.seed, torch.as_tensor(train_x).to(device),
+               **measure(model, args.beta, sweep.seed, torch.as_tensor(train_x).to(device),
                          train_y, test_t, test_y)}
     meta = {"params": {"device": params.device, "beta": args.beta,
                        "data": {"dataset": params.data.dataset},

@@ -20,16 +20,17 @@ from pathlib import Path
 import torch
 
 from vaepipe import runtime
-from vaepipe.config import ConfigError, TrainConfig, load_params, to_dict
+from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_split
 from vaepipe.data.baselines import read_baselines
 from vaepipe.data.names import dataset_label
 from vaepipe.evaluate.classifier import load_classifier
 from vaepipe.evaluate.evaluation import build_reference, evaluate_checkpoint, same_weights
 from vaepipe.evaluate.summary import summary_markdown
-from vaepipe.io import write_json, write_npz, write_text
+from vaepipe.io import check_output, write_json, write_npz, write_text
 from vaepipe.models.vae import MODELS
-from vaepipe.train.checkpoints import CHECKPOINTS, CheckpointError, load_checkpoint
+from vaepipe.train.checkpoints import (CHECKPOINTS, CheckpointError, load_checkpoint,
+                                       trained_pixels)
 from vaepipe.train.device import DeviceError, device_name, resolve_device
 
 
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:  # everything that can be wrong with the inputs, before any work
+        check_output(args.arrays, "--arrays", folder=True)
+        for flag in ("metrics", "details", "summary"):
+            check_output(getattr(args, flag), f"--{flag}")
         params = load_params(args.params)
         device = resolve_device(params.device)
         splits = {name: load_split(args.data, name) for name in ("train", "val", "test")}
@@ -73,12 +77,8 @@ def main(argv=None) -> int:
             if twin is not None:
                 result = done[twin]
             else:
-                trained = ckpt.get("params", {}).get(kind, {})  # the likelihood it trained with
-                train_cfg = TrainConfig(likelihood=trained.get("likelihood", "bernoulli"),
-                                        obs_std=trained.get("obs_std", 1.0))
-                binarized = ckpt.get("params", {}).get("data", {}).get("binarize") == "dynamic"
-                result = evaluate_checkpoint(model, train_cfg, ref, classifier, cfg, seed,
-                                             binarized)
+                result = evaluate_checkpoint(model, ref, classifier, cfg, seed,
+                                             trained_pixels(ckpt))
                 done[name] = result
             metrics.setdefault(kind, {})[name] = result.metrics
             details.setdefault(kind, {})[name] = {"epoch": ckpt["epoch"], "same_weights_as": twin,

@@ -15,12 +15,12 @@ import torch
 from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict, training_data
 from vaepipe.data.arrays import load_splits
-from vaepipe.io import write_json
+from vaepipe.io import check_output, write_json
 from vaepipe.models.batches import binarize_fixed
-from vaepipe.models.likelihoods import training_pixels
 from vaepipe.models.vae import MODELS, build_model, model_args
 from vaepipe.train.device import DeviceError, resolve_device
-from vaepipe.train.loop import TrainingDiverged, fit, summarize, write_history
+from vaepipe.train.loop import fit, summarize, write_history
+from vaepipe.train.errors import TrainingDiverged
 
 
 def main(argv=None) -> int:
@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
+        check_output(args.checkpoints, "--checkpoints", folder=True)
+        for flag, path in (("--metrics", args.metrics), ("--history", args.history)):
+            check_output(path, flag)
         params = load_params(args.params)
         device = resolve_device(params.device)
         (train_x, _), (val_x, _) = load_splits(args.data, "train", "val")
@@ -43,12 +46,12 @@ def main(argv=None) -> int:
         return 2
 
     section = getattr(params, args.model)
-    pixels = training_pixels(section.likelihood, params.data.dequantize, params.data.binarize)
-    if pixels == "binarized":  # validated on one fixed binarization, as evaluate tests
-        val_x = binarize_fixed(val_x)
     torch.manual_seed(params.seed)
     model = build_model(args.model, image_shape=tuple(train_x.shape[1:]),
                         **model_args(args.model, section))
+    pixels = model.likelihood.training_pixels(params.data.dequantize, params.data.binarize)
+    if pixels == "binarized":  # validated on one fixed binarization, as evaluate tests
+        val_x = binarize_fixed(val_x)
     # not data.mirror: the same files from another directory must give the same checkpoint
     # bytes (and DVC hashes); nor a folder's keys, unless the data is a folder
     data = training_data(params.data)

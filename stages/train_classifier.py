@@ -19,10 +19,10 @@ from vaepipe.config import ConfigError, load_params, to_dict
 from vaepipe.data.arrays import load_splits, read_class_names
 from vaepipe.evaluate.classifier import (ONE_CLASS, Classifier, accuracy, save_no_classifier,
                                          train_classifier)
-from vaepipe.io import write_json
+from vaepipe.io import check_output, write_json
 from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, device_name, resolve_device
-from vaepipe.train.loop import TrainingDiverged
+from vaepipe.train.errors import TrainingDiverged
 
 
 def main(argv=None) -> int:
@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
+        for flag in ("out", "metrics"):
+            check_output(getattr(args, flag), f"--{flag}")
         params = load_params(args.params)
         device = resolve_device(params.device)
         splits = dict(zip(("train", "val", "test"),

@@ -12,18 +12,21 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vaepipe.config import EvaluateConfig, TrainConfig
 from vaepipe.evaluate.classifier import Classifier
+from vaepipe.evaluate.bounds import iwae_bound
 from vaepipe.evaluate.evaluation import (METRICS, NOISE_ELBO, build_reference,
-                                         evaluate_checkpoint, frozen_key, iwae_bound,
+                                         evaluate_checkpoint, frozen_key,
                                          recon_indices)
 from vaepipe.evaluate.measures import (active_units, bce_floor, bits_per_dim, diversity, fid,
                                        frechet_distance, kl_per_dim, knn_radii,
                                        precision_recall, probe_accuracy, silhouette, subsample,
                                        unit_activity)
+from vaepipe.evaluate.summary import METRIC_ROWS, OTHER_NUMBERS, run_sizes, summary_markdown
 from vaepipe.io import write_npz
 from vaepipe.models.batches import encode
 from vaepipe.models.vae import VAE, build_model
-from vaepipe.train.loop import elbo_per_image, evaluate_elbo
-from vaepipe.train.objective import kl_per_sample
+from vaepipe.models.likelihoods import make_likelihood
+from vaepipe.models.priors import StandardNormal
+from vaepipe.train.objective import elbo_per_image, evaluate_elbo
 
 
 class ToyVAE(VAE):
@@ -34,7 +37,8 @@ class ToyVAE(VAE):
 
     def __init__(self, q_var=0.05):
         super().__init__()
-        self.image_shape, self.latent_dim, self.q_var = (1, 2, 2), 1, q_var
+        self._describe((1, 2, 2), 1, "bernoulli", "standard_normal")
+        self.q_var = q_var
         self.a = torch.tensor([2.0, -1.5, 1.0, 3.0]).view(1, 1, 2, 2)
         self.c = torch.tensor([0.5, 0.0, -1.0, 0.2]).view(1, 1, 2, 2)
 
@@ -109,7 +113,7 @@ def test_iwae_k1_agrees_with_evaluate_elbo_on_a_real_model():
     torch.manual_seed(0)
     model = build_model("mlp", image_shape=(1, 4, 4), latent_dim=3, hidden=(16,)).eval()
     images = toy_images(2000, seed=1).repeat(1, 1, 2, 2)
-    elbo = evaluate_elbo(model, images, 1.0, TrainConfig(), seed=0)["nelbo"]
+    elbo = evaluate_elbo(model, images, 1.0, seed=0)["nelbo"]
     _, mc = iwae_bound(model, images, 1, 500, torch.Generator().manual_seed(0))
     assert mc.mean() == pytest.approx(elbo, abs=0.05)
     iwae10, mc10 = iwae_bound(model, images, 10, 100, torch.Generator().manual_seed(0))
@@ -246,7 +250,8 @@ def test_kl_per_dim_sums_to_the_training_kl():
     rng = np.random.default_rng(1)
     mu, logvar = rng.normal(size=(64, 5)), rng.normal(size=(64, 5))
     per_dim = kl_per_dim(mu, logvar)
-    total = kl_per_sample(torch.from_numpy(mu), torch.from_numpy(logvar)).mean().item()
+    total = StandardNormal(5).kl(torch.from_numpy(mu), torch.from_numpy(logvar), None,
+                                 None).mean().item()
     assert per_dim.shape == (5,) and per_dim.sum() == pytest.approx(total)
     # a dimension equal to the prior (mu 0, logvar 0) carries no KL
     mu[:, 2], logvar[:, 2] = 0.0, 0.0
@@ -348,7 +353,7 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     train, val, test, classifier, model = _tiny_setup()
     ref = build_reference(train, val, test, classifier, TINY, 1, torch.device("cpu"))
     assert ref.numbers["iwae_samples"] == 3 and ref.numbers["real_images"] == 30
-    result = evaluate_checkpoint(model, TrainConfig(), ref, classifier, TINY, 1)
+    result = evaluate_checkpoint(model, ref, classifier, TINY, 1)
     assert list(result.metrics) == list(METRICS)
     assert all(math.isfinite(v) for v in result.metrics.values())
     m = result.metrics
@@ -359,16 +364,16 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     assert result.details["iwae"]["images"] == 12
     # the standard errors: of the per-image terms over the 40 test images (the same seeded
     # noise as the means), and of FID / P/R over TINY.prior_draws fresh prior draws
-    recon, kl = (t.numpy() for t in elbo_per_image(model, ref.test_x, TrainConfig(),
-                                                   seed=1000 + NOISE_ELBO))
+    recon, kl = (t.numpy() for t in elbo_per_image(model, ref.test_x, seed=1000 + NOISE_ELBO))
     assert m["recon"] == pytest.approx(recon.mean()) and m["kl"] == pytest.approx(kl.mean())
     assert m["recon_se"] == pytest.approx(scipy.stats.sem(recon))
     assert m["nelbo_se"] == pytest.approx(scipy.stats.sem(recon + kl))
     assert m["bpd_se"] == pytest.approx(m["nelbo_se"] / (784 * math.log(2)))
     assert m["iwae_nll_se"] == pytest.approx(math.hypot(m["nelbo_se"], m["iwae_gain_se"]))
     # the 8-bit rate: the same decoder scored as a continuous Bernoulli on dequantized pixels
-    r8, kl8 = (t.numpy() for t in elbo_per_image(model, ref.test_x, TrainConfig(), "dequantized",
-                                                 1000 + NOISE_ELBO, "continuous_bernoulli"))
+    r8, kl8 = (t.numpy() for t in elbo_per_image(model, ref.test_x, "dequantized",
+                                                 1000 + NOISE_ELBO,
+                                                 make_likelihood("continuous_bernoulli")))
     assert m["bpd_8bit"] == pytest.approx(((r8 + kl8).mean() + 784 * math.log(256))
                                           / (784 * math.log(2)))
     assert m["bpd_8bit_se"] == pytest.approx(scipy.stats.sem(r8 + kl8) / (784 * math.log(2)))
@@ -391,7 +396,7 @@ def test_evaluate_checkpoint_gives_every_metric_and_the_arrays_visualize_reads()
     np.testing.assert_array_equal(a["labels"], test[1])
     assert len(result.details["kl_per_dim"]) == 3
     # seeded: a second run gives the same numbers, bit for bit
-    again = evaluate_checkpoint(model, TrainConfig(), ref, classifier, TINY, 1)
+    again = evaluate_checkpoint(model, ref, classifier, TINY, 1)
     assert again.metrics == result.metrics
     np.testing.assert_array_equal(again.arrays["frozen"], a["frozen"])
 
@@ -402,15 +407,14 @@ def test_each_likelihood_gets_its_rate_and_a_binarized_model_none():
     torch.manual_seed(0)
     dl = build_model("mlp", image_shape=(1, 28, 28), latent_dim=3, hidden=(16,),
                      likelihood="discretized_logistic").eval()
-    m = evaluate_checkpoint(dl, TrainConfig(likelihood="discretized_logistic"), ref, classifier,
-                            TINY, 1).metrics
+    m = evaluate_checkpoint(dl, ref, classifier, TINY, 1).metrics
     # exact probabilities of the levels: the rate is the NELBO in bits, no floor of a BCE
     assert m["bpd_8bit"] == m["bpd"] and "nelbo_above_floor" not in m
     assert list(m) == [k for k in METRICS if k not in ("nelbo_above_floor",
                                                        "nelbo_above_floor_se")]
     binary = evaluate_checkpoint(build_model("mlp", image_shape=(1, 28, 28), latent_dim=3,
-                                             hidden=(16,)).eval(), TrainConfig(), ref,
-                                 classifier, TINY, 1, binarized=True).metrics
+                                             hidden=(16,)).eval(), ref,
+                                 classifier, TINY, 1, pixels="binarized").metrics
     assert not any(k.startswith("bpd_8bit") for k in binary)
     # binary pixels have no entropy left for a Bernoulli floor
     assert binary["nelbo_above_floor"] == pytest.approx(binary["nelbo"])
@@ -420,6 +424,56 @@ def test_the_iwae_bound_on_the_whole_test_set_is_its_own_mean():
     train, val, test, classifier, model = _tiny_setup()
     whole = TINY.model_copy(update={"iwae_images": len(test[0])})
     ref = build_reference(train, val, test, classifier, whole, 1, torch.device("cpu"))
-    result = evaluate_checkpoint(model, TrainConfig(), ref, classifier, whole, 1)
+    result = evaluate_checkpoint(model, ref, classifier, whole, 1)
     assert result.details["iwae"]["images"] == len(test[0])
     assert result.metrics["iwae_nll"] == pytest.approx(result.details["iwae"]["subset_iwae_nll"])
+
+
+# --------------------------------------------------------------------------------------------
+# reports/evaluation.md: every number gets one row and one meaning
+
+
+def test_every_metric_has_one_row_with_a_meaning_that_fills_in():
+    keys = [m.key for m in METRIC_ROWS]
+    assert len(keys) == len(set(keys))
+    # each number of a checkpoint but standard errors and the frozen table's has a row
+    assert set(keys) == {k for k in METRICS
+                         if not k.endswith("_se") and not k.startswith("frozen_")}
+    ref = {"iwae_samples": 7, "iwae_images": 1234, "samples": 2000, "test_images": 10000}
+    sizes = run_sizes(ref, EvaluateConfig())
+    for meaning in [m.meaning for m in METRIC_ROWS] + [n[1] for n in OTHER_NUMBERS]:
+        text = meaning.format(**sizes)
+        assert text.strip() and "{" not in text.replace("{0..255}", "")
+    iwae = next(m for m in METRIC_ROWS if m.key == "iwae_gain").meaning.format(**sizes)
+    assert "K = 7" in iwae and "1,234 test images" in iwae
+
+
+def _summary(skipped: bool) -> str:
+    ckpt = {m.key: 1.0 for m in METRIC_ROWS} | {"active_units": 3}
+    ckpt |= {k: 0.5 for k in METRICS if k.startswith("frozen_")}
+    results = {"mlp": {"epoch_01": ckpt, "best": ckpt}}
+    reference = {"test_images": 50, "bce_floor_test": 190.0, "bce_floor_val": 188.0,
+                 "fid_real": 2.4, "precision_real": 0.9, "recall_real": 0.8, "real_images": 20,
+                 "iwae_samples": 4, "iwae_images": 20, "samples": 100}
+    classifier = ({"skipped": "the data has one class"} if skipped else
+                  {"test_accuracy": 0.9, "channels": [4], "features": 8, "epochs": 1})
+    baselines = {"png": {"bpd": 5.2}, "xz": {"bpd": 3.9}, "histogram": {"bpd": 4.6},
+                 "test_images": 50}
+    return summary_markdown(results, reference, classifier, EvaluateConfig(), 1, "mnist",
+                            {"mlp": 4}, baselines, {"mlp": make_likelihood("bernoulli")})
+
+
+def test_the_summary_renders_each_row_and_its_meaning_from_one_table():
+    text = _summary(skipped=False)
+    tables, how = text.split("### How each number is computed")
+    for m in METRIC_ROWS:
+        assert f"| {m.label} | " in tables, m.key                  # its row, ...
+        assert how.count(f"(`{m.key}`): ") == 1, m.key              # ... and its meaning once
+    assert all(f"- **{name}**: " in how for name, _, _ in OTHER_NUMBERS)
+    assert "K = 4 samples from q(z|x)" in how and "more than 0.01" in how
+    # one class: no classifier, so the numbers that need one are not explained
+    one_class = _summary(skipped=True)
+    assert "**One class.** The data has one class." in one_class
+    for m in METRIC_ROWS:
+        assert (f"(`{m.key}`): " in one_class) != m.classes, m.key
+    assert "- **real vs real**" not in one_class and "- **frozen latents**" in one_class

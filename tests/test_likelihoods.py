@@ -12,11 +12,31 @@ from vaepipe.config import ConfigError, TrainConfig, parse_params
 from vaepipe.data.baselines import histogram_bits, histogram_log_probs
 from vaepipe.models.batches import binarize_fixed, decode_mean, to_unit_float
 from vaepipe.models.likelihoods import (LOG_SCALE_MIN, bits_per_dim_8bit, cb_log_norm, cb_mean,
-                                        discretized_logistic_log_prob, mean_image,
-                                        output_channels, rate_scoring, recon_per_sample,
-                                        training_pixels)
+                                        discretized_logistic_log_prob, make_likelihood)
 from vaepipe.models.vae import ConvVAE, MLPVAE
-from vaepipe.train.loop import elbo_per_image
+from vaepipe.train.objective import elbo_per_image
+
+
+def recon_per_sample(out, x, name="bernoulli"):
+    return make_likelihood(name).recon_per_sample(out, x)
+
+
+def mean_image(out, name):
+    return make_likelihood(name).mean(out)
+
+
+def output_channels(name, channels):
+    return make_likelihood(name).output_channels(channels)
+
+
+def rate_scoring(name):
+    """(the scoring likelihood's name, dequantized) of a likelihood's 8-bit rate."""
+    scorer, dequantized = make_likelihood(name).rate_scoring()
+    return scorer.name, dequantized
+
+
+def training_pixels(name, dequantize, binarize):
+    return make_likelihood(name).training_pixels(dequantize, binarize)
 
 # lambda from 1e-6 to 1 - 1e-6, as logits; 0 and tiny logits hit the series branch
 LOGITS = torch.tensor([-13.8155, -8.0, -2.0, -0.3, -0.009, -1e-4, 0.0, 1e-5, 0.004, 0.2, 1.0,
@@ -137,9 +157,9 @@ def test_a_uniform_density_scores_exactly_eight_bits_per_dim():
     # = 0, so the dequantized bound is D ln 256 nats: 8 bits/dim, whatever the images
     model = _uniform_model()
     images = torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8)
-    likelihood, dequantized = rate_scoring("bernoulli")
-    assert (likelihood, dequantized) == ("continuous_bernoulli", True)
-    recon, kl = elbo_per_image(model, images, TrainConfig(), "dequantized", 0, likelihood)
+    assert rate_scoring("bernoulli") == ("continuous_bernoulli", True)
+    likelihood, dequantized = make_likelihood("bernoulli").rate_scoring()
+    recon, kl = elbo_per_image(model, images, "dequantized", 0, likelihood)
     assert torch.all(kl == 0)
     rate = bits_per_dim_8bit((recon + kl).numpy(), 784, dequantized)
     np.testing.assert_allclose(rate, 8.0, rtol=0, atol=1e-6)

@@ -21,7 +21,8 @@ def test_shapes(kind, args, dataset):
     shape = SHAPES[dataset]
     model = build_model(kind, image_shape=shape, **args)
     x = torch.rand(5, *shape)
-    logits, mu, logvar = model(x)
+    logits, mu, logvar, z = model(x)
+    assert z.shape == mu.shape
     assert logits.shape == (5, *shape)
     assert mu.shape == logvar.shape == (5, args["latent_dim"])
     assert model.decode(torch.randn(3, args["latent_dim"])).shape == (3, *shape)
@@ -39,7 +40,7 @@ def test_conv_sizes_mirror_encoder():
     assert model.decode(torch.randn(2, 4)).shape == (2, 1, 28, 28)
 
 
-def test_conv_layout_matches_seed_002():
+def test_conv_layout_matches_recipe_002():
     model = ConvVAE((1, 28, 28), latent_dim=16, channels=(32, 64))
     convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
@@ -48,7 +49,7 @@ def test_conv_layout_matches_seed_002():
     assert model.fc_mu.in_features == 64 * 7 * 7
 
 
-def test_mlp_layout_matches_seed_000():
+def test_mlp_layout_matches_recipe_000():
     model = MLPVAE((1, 28, 28), latent_dim=32, hidden=(512, 256))
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [

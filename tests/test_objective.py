@@ -6,8 +6,19 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vaepipe.evaluate.measures import bits_per_dim
-from vaepipe.models.likelihoods import recon_per_sample
-from vaepipe.train.objective import kl_per_sample, kl_weight, vae_loss
+from vaepipe.models.likelihoods import make_likelihood
+from vaepipe.models.priors import StandardNormal
+from vaepipe.models.vae import MLPVAE
+from vaepipe.train.objective import kl_weight, vae_loss
+
+
+def kl_per_sample(mu, logvar):
+    return StandardNormal(mu.shape[1]).kl(mu, logvar, None, None)
+
+
+def recon_per_sample(out, x, name="bernoulli", obs_std=None):
+    spec = name if obs_std is None else {"name": name, "obs_std": obs_std}
+    return make_likelihood(spec).recon_per_sample(out, x)
 
 
 def test_kl_matches_torch_distributions():
@@ -41,16 +52,17 @@ def test_vae_loss_terms_and_weight():
     torch.manual_seed(3)
     logits, x = torch.randn(6, 1, 4, 4), torch.rand(6, 1, 4, 4)
     mu, logvar = torch.randn(6, 3), torch.randn(6, 3)
-    terms = vae_loss(logits, x, mu, logvar, kl_weight=0.25)
+    model = MLPVAE((1, 4, 4), latent_dim=3, hidden=(8,))
+    terms = vae_loss(model, x, logits, mu, logvar, mu, kl_weight=0.25)
     torch.testing.assert_close(terms.recon, recon_per_sample(logits, x).mean())
     torch.testing.assert_close(terms.kl, kl_per_sample(mu, logvar).mean())
     torch.testing.assert_close(terms.loss, terms.recon + 0.25 * terms.kl)
     with pytest.raises(ValueError, match="likelihood must be one of bernoulli, gaussian, "):
-        vae_loss(logits, x, mu, logvar, likelihood="laplace")
+        MLPVAE((1, 4, 4), latent_dim=3, likelihood="laplace")
 
 
-def test_linear_warmup_matches_seed_000():
-    # seed 000: beta * min(1, epoch / 25) for 1-based epochs
+def test_linear_warmup_matches_recipe_000():
+    # recipe 000: beta * min(1, epoch / 25) for 1-based epochs
     weights = [kl_weight("linear", e, 50, 1.0, warmup_epochs=25) for e in range(1, 51)]
     assert weights[0] == pytest.approx(0.04)
     assert weights[11] == pytest.approx(12 / 25)
@@ -85,5 +97,5 @@ def test_bits_per_dim_scale():
     nats = recon_per_sample(logits, x)
     for per_image in nats.tolist():
         assert bits_per_dim(per_image, 784) == pytest.approx(1.0, rel=1e-6)
-    # seed 000's conversion of its NELBO: nats / (D ln 2), here 3 channels of 32 x 32
+    # recipe 000's conversion of its NELBO: nats / (D ln 2), here 3 channels of 32 x 32
     assert bits_per_dim(3072 * math.log(2) * 2.5, 3 * 32 * 32) == pytest.approx(2.5)

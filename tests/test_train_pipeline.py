@@ -1,5 +1,6 @@
 """The whole pipeline through real DVC on tiny generated data; train-mlp/train-conv in detail."""
 import csv
+import json
 import re
 
 import pytest
@@ -60,3 +61,18 @@ def test_a_log_holds_one_line_per_epoch_and_no_progress_bar(tiny_repro):
     lines = re.findall(r"^mlp epoch +(\d+)/2: kl weight", text, re.M)
     assert lines == ["1", "2"], text
     assert "\r" not in text and "img/s]" not in text
+
+
+def test_an_edit_to_the_training_loop_reruns_only_the_stages_that_train_vaes(tiny_repro):
+    # the loop's per-epoch log line: every stage that imports the loop depends on it, and only
+    # the VAE trainings import it (the evaluation, the classifier and the sweep's table share
+    # the exception, the batch sizes and the per-image ELBO through other modules)
+    project = tiny_repro
+    loop = project.root / "vaepipe/train/loop.py"
+    text = loop.read_text()
+    assert text.count('f"{model.kind} epoch {epoch:3d}/{cfg.epochs}: kl weight') == 1
+    loop.write_text(text.replace("kl weight {weight:.3f}", "KL weight {weight:.3f}"))
+    status = json.loads(project.dvc("status", "--json").stdout)
+    assert set(status) == {"train-mlp", "train-conv", "beta-sweep@0.1", "beta-sweep@1.0"}
+    for stage, changes in status.items():
+        assert changes == [{"changed deps": {"vaepipe/train/loop.py": "modified"}}], stage

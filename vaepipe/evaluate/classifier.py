@@ -1,7 +1,7 @@
 """The feature network for FID and precision/recall: a small CNN classifier and its training loop.
 
 Inception weights cannot be downloaded here, and an untrained network's features measure
-nothing (seed 002's "FID" of 0.00), so the evaluation uses the penultimate layer of a classifier
+nothing (recipe 002's "FID" of 0.00), so the evaluation uses the penultimate layer of a classifier
 trained on the same dataset. The loop follows :func:`vaepipe.train.loop.fit`: uint8 arrays sit
 on the device, a seeded permutation shuffles them each epoch, slices become batches.
 """
@@ -20,7 +20,7 @@ from vaepipe.config import check_batch_size
 from vaepipe.models.batches import in_batches, inference, to_unit_float
 from vaepipe.io import atomic_path
 from vaepipe.train.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint
-from vaepipe.train.loop import TrainingDiverged
+from vaepipe.train.errors import TrainingDiverged
 
 EVAL_BATCH = 500  # images per inference call: small enough to stay in the CPU caches
 # why the class-dependent numbers are missing when the data has a single class
@@ -99,7 +99,7 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     which would cost a tenth of the training time and choose nothing (the last epoch is
     kept). Seeded: the same arguments give the same weights on the CPU. A ``batch_size``
     larger than the training set raises :class:`vaepipe.config.ConfigError` before any work;
-    a non-finite loss raises :class:`vaepipe.train.loop.TrainingDiverged`.
+    a non-finite loss raises :class:`vaepipe.train.errors.TrainingDiverged`.
     """
     n = len(train_images)
     check_batch_size("classifier.batch_size", batch_size, n)

@@ -1,7 +1,8 @@
 """The evaluate stage's library: every number of one VAE checkpoint on the test set.
 
-The ELBO terms come from :func:`vaepipe.train.loop.elbo_per_image` (the code path training
-validates with); the rest is built here from the model's ``encode`` / ``decode`` and the
+The ELBO terms, the IWAE bound and the 8-bit rate come from :mod:`vaepipe.evaluate.bounds`
+(through :func:`vaepipe.train.objective.elbo_per_image`, the code path training validates
+with); the rest is built here from the model's ``encode`` / ``decode`` and the
 measures of :mod:`vaepipe.evaluate.measures`, in the feature space of
 :mod:`vaepipe.evaluate.classifier`.
 All noise comes from generators seeded per purpose, so every checkpoint of a run sees the
@@ -10,8 +11,10 @@ and a rerun on the CPU gives the same numbers bit for bit.
 
 ``bpd_8bit`` is a rate of the 8-bit test images every model is scored on (a density of
 dequantized pixels, or the discretized logistic's probabilities; see
-:func:`vaepipe.models.likelihoods.rate_scoring`), so it stands beside codecs and published
-density models; ``bpd`` is seed 000's NELBO / (D ln 2), a rate only where the likelihood is one.
+:meth:`vaepipe.models.likelihoods.Likelihood.rate_scoring`), so it stands beside codecs and
+published density models; ``bpd`` is recipe 000's NELBO / (D ln 2), a rate only where the
+likelihood is one. Everything a checkpoint is scored with (its likelihood, its prior, what it
+trained on) comes from the model and its checkpoint, never from params.
 A model trained with ``data.binarize: dynamic`` is scored on one fixed binarization of the test
 set: its NELBO and IWAE bound are in nats of binary images, and it has no 8-bit rate.
 
@@ -22,25 +25,21 @@ run (another seed) would move it.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from vaepipe.config import EvaluateConfig, TrainConfig
+from vaepipe.config import EvaluateConfig
 from vaepipe.evaluate.classifier import Classifier, classifier_features
+from vaepipe.evaluate.bounds import elbo_metrics, iwae_metrics, scorings_of
 from vaepipe.evaluate.measures import (active_units, bce_floor, binary_entropy_per_image,
-                                       bits_per_dim, diversity, frechet_distance, gaussian_stats,
-                                       kl_per_dim, knn_radii, precision_recall, probe_accuracy,
-                                       share_standard_error, silhouette, standard_error,
-                                       subsample, unit_activity)
-from vaepipe.models.batches import (binarize_fixed, decode_mean, encode, in_batches, inference,
-                                    to_unit_float)
-from vaepipe.models.likelihoods import bits_per_dim_8bit, rate_scoring, recon_per_sample
+                                       diversity, frechet_distance, gaussian_stats, kl_per_dim,
+                                       knn_radii, precision_recall, probe_accuracy,
+                                       share_standard_error, silhouette, subsample, unit_activity)
+from vaepipe.models.batches import binarize_fixed, decode_mean, encode
 from vaepipe.models.vae import VAE
-from vaepipe.train.loop import elbo_per_image
 
 FROZEN_SIGMAS = (0.1, 0.5, 1.0)
 N_SAVED_SAMPLES = 100  # prior samples kept for the figures
@@ -71,45 +70,6 @@ METRICS = ("bpd_8bit", "bpd_8bit_se", "bpd_8bit_iwae", "bpd_8bit_iwae_se", "reco
 def _generator(seed: int, offset: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + offset)
 
-
-# --------------------------------------------------------------------------------------------
-# The importance-weighted bound
-
-
-def iwae_bound(model: VAE, images: torch.Tensor, k: int, batch: int,
-               generator: torch.Generator, likelihood: str = "bernoulli",
-               obs_std: float = 1.0, pixels: str = "levels") -> tuple[np.ndarray, np.ndarray]:
-    """Importance-weighted bound (Burda et al. 2015) on -log p(x) of each image, in nats.
-
-    For each image, K latents z_k = mu + sigma * eps_k from q(z | x) give log-weights
-    log w_k = log p(x | z_k) + log N(z_k; 0, I) - log q(z_k | x), and
-    -log p(x) <= -log (1/K sum_k w_k), computed with log-sum-exp. The decoder runs once per
-    ``batch`` images on all their batch * K latents. Returns ``(IWAE bound, Monte-Carlo
-    NELBO)`` per image, float64 (N,); the second is -mean_k log w_k, the ordinary ELBO
-    estimate on the same noise (with K = 1 the two are equal). ``pixels``: levels, or
-    dequantized (one draw per image, shared by its K latents: the bound on log p(y) of that y).
-    """
-    log2pi = math.log(2 * math.pi)
-
-    def bounds(images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # noise drawn on the CPU generator, then moved: the same on every device
-        x = to_unit_float(images_u8.cpu(), pixels, generator).to(images_u8.device)  # (B, C, H, W)
-        mu, logvar = model.encode(x)                     # (B, Z)
-        b, zdim = mu.shape
-        # drawn on the CPU generator, then moved: the same noise on every device
-        eps = torch.randn((b, k, zdim), generator=generator).to(mu.device)  # (B, K, Z)
-        z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
-        out = model.decode(z.reshape(b * k, zdim))       # (B*K, k C, H, W)
-        target = x.repeat_interleave(k, dim=0)
-        log_px = -recon_per_sample(out, target, likelihood, obs_std).view(b, k)
-        log_pz = -0.5 * (z.pow(2) + log2pi).sum(-1)                          # (B, K)
-        log_qz = -0.5 * (eps.pow(2) + log2pi + logvar[:, None]).sum(-1)     # (B, K)
-        log_w = (log_px + log_pz - log_qz).double()
-        return math.log(k) - torch.logsumexp(log_w, dim=1), -log_w.mean(dim=1)
-
-    with inference(model):
-        iwae, elbo = in_batches(bounds, images, batch)
-    return iwae.cpu().numpy(), elbo.cpu().numpy()
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -207,6 +167,18 @@ def prior_scores(images: torch.Tensor, classifier: Classifier, ref: Reference,
     return frechet_distance(*gaussian_stats(features), *ref.test_stats), precision, recall
 
 
+class _Clock:
+    """Seconds of each named step, for the details file."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name], self._last = now - self._last, now
+
+
 @dataclass
 class CheckpointResult:
     metrics: dict   # numbers only: reports/evaluate.json
@@ -214,168 +186,121 @@ class CheckpointResult:
     arrays: dict    # what visualize draws: data/evaluate/<model>/<checkpoint>.npz
 
 
-def _importance_bound(nelbo: np.ndarray, iwae: np.ndarray, mc_nelbo: np.ndarray,
-                      whole_set: bool) -> tuple[float, float, float, float]:
-    """``(bound, its SE, gain, its SE)`` in nats per image from one ELBO pass over the test set
-    (``nelbo``) and the IWAE pass over a subset (``iwae``, ``mc_nelbo`` on the same latents).
-
-    The gain of the bound over the ELBO is measured on the subset, paired (same images, same
-    latents); the test-set bound is the test-set NELBO minus that gain (a difference
-    estimator: its error is the gain's, ~0.1 nats, not the subset's spread of -log p(x), which
-    is tens of nats per image and put the raw subset mean 3.5 nats off). Its standard error
-    treats the two means as independent (the default subset is 3 % of the test set). When the
-    subset is the whole test set (the literature's protocol), the bound is the IWAE mean itself.
-    """
-    gain = mc_nelbo - iwae
-    gain_se = standard_error(gain) if len(gain) > 1 else 0.0
-    if whole_set:
-        return float(iwae.mean()), standard_error(iwae), float(gain.mean()), gain_se
-    bound = float(nelbo.mean() - gain.mean())
-    return bound, math.hypot(standard_error(nelbo), gain_se), float(gain.mean()), gain_se
-
-
-def _once_per_scoring(scorings: dict, compute) -> dict:
-    """``{name: compute(likelihood, pixels)}`` for ``scorings`` (name -> (likelihood, pixels)),
-    computed once per distinct scoring: a likelihood that is its own rate shares its pass."""
-    done: dict = {}
-    for scoring in scorings.values():
-        if scoring not in done:
-            done[scoring] = compute(*scoring)
-    return {name: done[scoring] for name, scoring in scorings.items()}
-
-
-def evaluate_checkpoint(model: VAE, train_cfg: TrainConfig, ref: Reference,
-                        classifier: Classifier | None, cfg: EvaluateConfig, seed: int,
-                        binarized: bool = False) -> CheckpointResult:
-    """Every measure of one VAE checkpoint; ``train_cfg`` gives its likelihood (and obs_std),
-    ``binarized`` that it trained with ``data.binarize: dynamic``.
-
-    Every call of the model goes through :func:`vaepipe.models.batches.inference`."""
-    bs, n = cfg.batch_size, cfg.samples
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
-
-    dims = math.prod(model.image_shape)
-    likelihood = train_cfg.likelihood
-    # the images the likelihoods score: the test set, or its one fixed binarization
-    scored = ref.test_x if not binarized else torch.as_tensor(
-        binarize_fixed(ref.test_x.cpu().numpy())).to(ref.test_x.device)
-    # the continuous Bernoulli trained on dequantized pixels is scored on them too
-    pixels = "dequantized" if likelihood == "continuous_bernoulli" else "levels"
-    # (likelihood, pixels) of each scoring: the model's own, and the 8-bit rate's
-    scorings = {"own": (likelihood, pixels)}
-    if not binarized:
-        rate_likelihood, dequantized = rate_scoring(likelihood)
-        scorings["rate"] = (rate_likelihood, "dequantized" if dequantized else "levels")
-    # one ELBO pass per distinct scoring, on the same seeded noise; elbo_per_image is batched by
-    # train.loop.EVAL_BATCH and uses one posterior sample per image
-    elbo = _once_per_scoring(scorings, lambda lik, pix: tuple(t.cpu().numpy() for t in (
-        elbo_per_image(model, scored, train_cfg, pix, seed * 1000 + NOISE_ELBO, lik))))
-    recon, kl = elbo["own"]
-    nelbo = recon + kl
-    m: dict = {}
-    series = [("recon", recon), ("kl", kl), ("nelbo", nelbo), ("bpd", bits_per_dim(nelbo, dims))]
-    if likelihood == "bernoulli":  # a floor of the Bernoulli cross-entropy only
-        floor = ref.test_floor if not binarized else binary_entropy_per_image(
-            scored.cpu().numpy())
-        series.append(("nelbo_above_floor", nelbo - floor))
-    if "rate" in scorings:
-        rate_nats = sum(elbo["rate"])
-        series.append(("bpd_8bit", bits_per_dim_8bit(rate_nats, dims, dequantized)))
-    for key, values in series:
-        m[key], m[f"{key}_se"] = float(values.mean()), standard_error(values)
-    lap("elbo")
-
-    whole_set = len(ref.iwae_index) == len(ref.test_x)
-    iwae_x = scored[ref.iwae_index]
-    # the same generator seed for every scoring: the same latents and dequantization
-    bounds = _once_per_scoring(scorings, lambda lik, pix: iwae_bound(
-        model, iwae_x, cfg.iwae_samples, cfg.iwae_batch, _generator(seed, NOISE_IWAE), lik,
-        train_cfg.obs_std, pix))
-    iwae, mc_nelbo = bounds["own"]
-    m["iwae_nll"], m["iwae_nll_se"], m["iwae_gain"], m["iwae_gain_se"] = _importance_bound(
-        nelbo, iwae, mc_nelbo, whole_set)
-    iwae_details = {"images": len(iwae), "subset_iwae_nll": float(iwae.mean()),
-                    "subset_mc_nelbo": float(mc_nelbo.mean())}
-    if "rate" in scorings:
-        rate_bound, rate_se, rate_gain, _ = _importance_bound(rate_nats, *bounds["rate"],
-                                                              whole_set)
-        m["bpd_8bit_iwae"] = bits_per_dim_8bit(rate_bound, dims, dequantized)
-        m["bpd_8bit_iwae_se"] = bits_per_dim(rate_se, dims)
-        iwae_details["rate_gain_nats"] = rate_gain
-    lap("iwae")
-
-    mu, logvar = encode(model, ref.test_x, bs)
+def latent_metrics(model: VAE, ref: Reference, classifier: Classifier | None,
+                   cfg: EvaluateConfig, seed: int) -> tuple[dict, dict, torch.Tensor, np.ndarray]:
+    """Active units, the KL and activity of each dimension, and (with classes) the linear
+    probe and the silhouette of the test posterior means; also those means and log-variances."""
+    mu, logvar = encode(model, ref.test_x, cfg.batch_size)
     mu_np, logvar_np = mu.cpu().numpy(), logvar.cpu().numpy()
-    m["active_units"], activity = int(active_units(mu_np).sum()), unit_activity(mu_np)
-    per_dim = kl_per_dim(mu_np, logvar_np)
-    classes = classifier is not None  # False: one class, nothing class-dependent to measure
-    if classes:
-        probe_mu, _ = encode(model, ref.probe_x, bs)
+    m = {"active_units": int(active_units(mu_np).sum())}
+    details = {"kl_per_dim": kl_per_dim(mu_np, logvar_np).tolist(),
+               "activity": unit_activity(mu_np).tolist()}
+    if classifier is not None:
+        probe_mu, _ = encode(model, ref.probe_x, cfg.batch_size)
         m["probe_accuracy"] = probe_accuracy(probe_mu.cpu().numpy(), ref.probe_y, mu_np,
                                              ref.test_y)
         m["probe_accuracy_se"] = share_standard_error(m["probe_accuracy"], len(mu_np))
         m["silhouette"] = silhouette(mu_np, ref.test_y, cfg.silhouette_images, seed)
-    lap("latents")
+    return m, details, mu, logvar_np
 
-    def fid_of(images: torch.Tensor) -> float:
-        return frechet_distance(*gaussian_stats(classifier_features(classifier, images, bs)),
-                                *ref.test_stats)
 
-    if classes:
-        # reconstructions from the means of the test subset (as many images as a generated set)
-        m["fid_recon"] = fid_of(decode_mean(model, mu[ref.subset.to(mu.device)], bs))
-    lap("fid_recon")
+def _fid(images: torch.Tensor, classifier: Classifier, ref: Reference, batch: int) -> float:
+    return frechet_distance(*gaussian_stats(classifier_features(classifier, images, batch)),
+                            *ref.test_stats)
 
-    zdim = model.latent_dim
-    prior = decode_mean(model, torch.randn((n, zdim), generator=_generator(seed, NOISE_PRIOR)), bs)
-    if classes:
-        draws = [prior_scores(prior, classifier, ref, cfg)]
-        # the spread of the three over fresh prior draws of as many images is their standard
-        # error (resampling one draw would repeat points, and zero their k-NN radii)
-        redraws = _generator(seed, NOISE_PRIOR_REDRAWS)
-        for _ in range(cfg.prior_draws - 1):
-            z = torch.randn((n, zdim), generator=redraws)
-            draws.append(prior_scores(decode_mean(model, z, bs), classifier, ref, cfg))
-        for key, values in zip(("fid", "precision", "recall"), zip(*draws)):
-            m[key] = values[0]
-            m[f"{key}_se"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    lap("prior")
 
-    # Seed 002's frozen latents: mu = 0 and a fixed sigma, z = sigma * eps. One eps draw is
-    # shared by the three sigmas (they differ only in scale); the N(0, I) baseline is the
-    # prior set above, an independent draw, so sigma = 1 against it shows the sampling noise.
-    n_div = min(cfg.diversity_images, n)
-    m["frozen_diversity_prior"] = diversity(prior[:n_div])
-    eps = torch.randn((n, zdim), generator=_generator(seed, NOISE_FROZEN))
+def prior_metrics(model: VAE, ref: Reference, classifier: Classifier, cfg: EvaluateConfig,
+                  seed: int) -> tuple[dict, torch.Tensor]:
+    """FID, precision and recall of decoded prior draws, with their spread over fresh draws of
+    as many images as their standard error (resampling one draw would repeat points, and zero
+    their k-NN radii); also the first draw's images."""
+    n, bs = cfg.samples, cfg.batch_size
+    prior = decode_mean(model, model.sample_prior(n, _generator(seed, NOISE_PRIOR)), bs)
+    if classifier is None:
+        return {}, prior
+    draws = [prior_scores(prior, classifier, ref, cfg)]
+    redraws = _generator(seed, NOISE_PRIOR_REDRAWS)
+    for _ in range(cfg.prior_draws - 1):
+        draws.append(prior_scores(decode_mean(model, model.sample_prior(n, redraws), bs),
+                                  classifier, ref, cfg))
+    m: dict = {}
+    for key, values in zip(("fid", "precision", "recall"), zip(*draws)):
+        m[key] = values[0]
+        m[f"{key}_se"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return m, prior
+
+
+def frozen_metrics(model: VAE, prior: torch.Tensor, ref: Reference,
+                   classifier: Classifier | None, cfg: EvaluateConfig,
+                   seed: int) -> tuple[dict, list[torch.Tensor]]:
+    """Recipe 002's frozen latents: mu = 0 and a fixed sigma, z = sigma * eps. One eps draw is
+    shared by the three sigmas (they differ only in scale); the prior baseline is the prior
+    set, an independent draw, so sigma = 1 against it shows the sampling noise. Diversity,
+    and FID where there are classes; also the images the figures keep."""
+    n_div = min(cfg.diversity_images, cfg.samples)
+    m = {"frozen_diversity_prior": diversity(prior[:n_div])}
+    eps = torch.randn((cfg.samples, model.latent_dim), generator=_generator(seed, NOISE_FROZEN))
     frozen = [prior[:N_SAVED_FROZEN]]
     for sigma in FROZEN_SIGMAS:
-        images = decode_mean(model, sigma * eps, bs)
+        images = decode_mean(model, sigma * eps, cfg.batch_size)
         m[f"frozen_diversity_{frozen_key(sigma)}"] = diversity(images[:n_div])
-        if classes:
-            m[f"frozen_fid_{frozen_key(sigma)}"] = fid_of(images)
+        if classifier is not None:
+            m[f"frozen_fid_{frozen_key(sigma)}"] = _fid(images, classifier, ref, cfg.batch_size)
         frozen.append(images[:N_SAVED_FROZEN])
-    lap("frozen")
+    return m, frozen
 
+
+def figure_arrays(model: VAE, ref: Reference, mu: torch.Tensor, logvar: np.ndarray,
+                  prior: torch.Tensor, frozen: list[torch.Tensor], batch: int) -> dict:
+    """What the visualize stage draws: latent means, prior samples, reconstructions of one or
+    more test images of each class, the frozen-latent images."""
     index = recon_indices(ref.test_y)
-    arrays = {
-        "mu": mu_np.astype(np.float32), "logvar": logvar_np.astype(np.float32),
+    recon = decode_mean(model, mu[torch.as_tensor(index).to(mu.device)], batch)
+    return {
+        "mu": mu.cpu().numpy().astype(np.float32), "logvar": logvar.astype(np.float32),
         "labels": ref.test_y.astype(np.int64),
         "samples": prior[:N_SAVED_SAMPLES].cpu().numpy().astype(np.float32),
         "recon_index": index,
-        "recon": decode_mean(model, mu[torch.as_tensor(index).to(mu.device)], bs)
-        .cpu().numpy().astype(np.float32),
+        "recon": recon.cpu().numpy().astype(np.float32),
         "frozen_sigmas": np.asarray(FROZEN_SIGMAS, dtype=np.float32),
         "frozen": torch.stack(frozen).cpu().numpy().astype(np.float32),
     }
-    details = {"kl_per_dim": per_dim.tolist(), "activity": activity.tolist(),
-               "iwae": iwae_details, "seconds": timings}
+
+
+def evaluate_checkpoint(model: VAE, ref: Reference, classifier: Classifier | None,
+                        cfg: EvaluateConfig, seed: int, pixels: str = "levels"
+                        ) -> CheckpointResult:
+    """Every measure of one VAE checkpoint; the model carries its likelihood and prior,
+    ``pixels`` is what it trained on (:func:`vaepipe.train.checkpoints.trained_pixels`): a
+    model of binarized pixels is scored on the one fixed binarization of the test set, and
+    has no 8-bit rate. Without a ``classifier`` (one class) nothing class-dependent is
+    measured. Every call of the model goes through :func:`vaepipe.models.batches.inference`."""
+    clock = _Clock()
+    binarized = pixels == "binarized"
+    scored = ref.test_x if not binarized else torch.as_tensor(
+        binarize_fixed(ref.test_x.cpu().numpy())).to(ref.test_x.device)
+    floor = ref.test_floor if not binarized else binary_entropy_per_image(scored.cpu().numpy())
+    scorings = scorings_of(model.likelihood, binarized)
+    m, nelbo, rate_nats = elbo_metrics(model, scored, scorings, floor, seed * 1000 + NOISE_ELBO)
+    clock.lap("elbo")
+    iwae, iwae_details = iwae_metrics(
+        model, scored[ref.iwae_index], scorings, cfg.iwae_samples, cfg.iwae_batch,
+        seed * 1000 + NOISE_IWAE, len(ref.iwae_index) == len(ref.test_x), nelbo, rate_nats)
+    clock.lap("iwae")
+    latents, details, mu, logvar = latent_metrics(model, ref, classifier, cfg, seed)
+    clock.lap("latents")
+    if classifier is not None:
+        # reconstructions from the means of the test subset (as many images as a generated set)
+        recon = decode_mean(model, mu[ref.subset.to(mu.device)], cfg.batch_size)
+        m["fid_recon"] = _fid(recon, classifier, ref, cfg.batch_size)
+    clock.lap("fid_recon")
+    prior_m, prior = prior_metrics(model, ref, classifier, cfg, seed)
+    clock.lap("prior")
+    frozen_m, frozen = frozen_metrics(model, prior, ref, classifier, cfg, seed)
+    clock.lap("frozen")
+    m.update(iwae, **latents, **prior_m, **frozen_m)
+    arrays = figure_arrays(model, ref, mu, logvar, prior, frozen, cfg.batch_size)
+    details.update(iwae=iwae_details, seconds=clock.timings)
     # a binarized model has no 8-bit rate; only Bernoulli decoders have a BCE floor; one class
     # has no class-dependent measure
     return CheckpointResult({k: m[k] for k in METRICS if k in m}, details, arrays)

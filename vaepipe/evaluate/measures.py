@@ -1,7 +1,7 @@
 """Evaluation measures that need no model: they take pixels, latents or feature vectors.
 
 FID (Heusel et al. 2017), improved precision and recall (Kynkaanniemi et al. 2019), active
-units (Burda et al. 2015), the Bernoulli reconstruction floor, bits per dimension, seed 002's
+units (Burda et al. 2015), the Bernoulli reconstruction floor, bits per dimension, recipe 002's
 diversity, the scikit-learn probes of a latent space and the seeded subsets they run on. The
 evaluation, the beta sweep's table and the figures all call these.
 """
@@ -31,7 +31,7 @@ def subsample(n: int, k: int, seed: int) -> np.ndarray:
 
 
 def bits_per_dim(nats_per_image: float, pixels: int) -> float:
-    """Nats per image -> bits per pixel value: ``nats / (pixels * ln 2)`` (seed 000)."""
+    """Nats per image -> bits per pixel value: ``nats / (pixels * ln 2)`` (recipe 000)."""
     return nats_per_image / (pixels * math.log(2))
 
 
@@ -172,7 +172,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
 
 
 def diversity(images: torch.Tensor) -> float:
-    """Seed 002's diversity: the mean L2 distance over all pairs of flattened images."""
+    """Recipe 002's diversity: the mean L2 distance over all pairs of flattened images."""
     flat = images.flatten(1).double()
     if len(flat) < 2:
         raise ValueError("diversity needs at least two images")

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaepipe.models.likelihoods import mean_image
-
+# what a model can train on (to_unit_float)
 PIXELS = ("levels", "dequantized", "binarized")
+EVAL_BATCH = 1000  # images per forward pass when scoring a VAE (validation, evaluation, sweep)
 # the one binarization of validation and test images (data.binarize: dynamic), whatever the
 # run's seeds, so every binarized model is scored on the same bits
 BINARIZE_SEED = 2016
@@ -28,7 +28,7 @@ def to_unit_float(x: torch.Tensor, pixels: str = "levels",
 
     - ``levels``: v / 255;
     - ``dequantized``: (v + u) / 256 with u ~ U[0, 1) per pixel, so the data have a density on
-      [0, 1) (Theis et al. 2016); seed 004 does the same with /255 and a clip;
+      [0, 1) (Theis et al. 2016); recipe 004 does the same with /255 and a clip;
     - ``binarized``: a Bernoulli draw of probability v / 255 per pixel, new at every call.
     """
     x = x.float()
@@ -89,16 +89,16 @@ def encode(model, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch
 
 def decode_mean(model, z: torch.Tensor, batch: int) -> torch.Tensor:
     """Mean images of decode(z) in [0, 1], (N, C, H, W), on the model's device: the mean of the
-    model's likelihood (:func:`vaepipe.models.likelihoods.mean_image`; sigmoid(logits) for the
-    Bernoulli). ``z`` may live on the CPU; each batch is moved to the model's device.
+    model's likelihood (:meth:`vaepipe.models.likelihoods.Likelihood.mean`; sigmoid(logits) for
+    the Bernoulli). ``z`` may live on the CPU; each batch is moved to the model's device.
     """
     with inference(model):
-        return in_batches(lambda zb: mean_image(model.decode(zb), model.likelihood), z, batch,
+        return in_batches(lambda zb: model.likelihood.mean(model.decode(zb)), z, batch,
                           device_of(model))
 
 
 def reconstruct(model, images: torch.Tensor, batch: int) -> torch.Tensor:
     """Mean images of decode(mu) (N, C, H, W) of uint8 ``images``: no sampling."""
     with inference(model):
-        return in_batches(lambda x: mean_image(model.decode(model.encode(to_unit_float(x))[0]),
-                                               model.likelihood), images, batch)
+        return in_batches(lambda x: model.likelihood.mean(
+            model.decode(model.encode(to_unit_float(x))[0])), images, batch)

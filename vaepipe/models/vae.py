@@ -3,7 +3,8 @@
 Every model maps images (B, C, H, W) in [0, 1] to a diagonal Gaussian posterior and decodes
 latents back to what its ``likelihood`` (:mod:`vaepipe.models.likelihoods`) reads: per-pixel
 logits (B, C, H, W), and for the discretized logistic per-pixel log-scales too (B, 2C, H, W).
-:data:`MODELS` is the one list of model kinds: stages, checkpoints and figures read it.
+Its ``prior`` (:mod:`vaepipe.models.priors`) is p(z). :data:`MODELS` is the one list of model
+kinds: stages, checkpoints and figures read it.
 """
 from __future__ import annotations
 
@@ -13,25 +14,51 @@ import math
 import torch
 from torch import nn
 
-from vaepipe.models.likelihoods import output_channels
+from vaepipe.models.likelihoods import Likelihood, make_likelihood, section_likelihood
+from vaepipe.models.priors import Prior, build_prior
 
 
 class VAE(nn.Module):
     """Base class: ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits``, ``forward``.
 
-    Subclasses set ``kind`` (the registry key, the params section and the models/ folder),
-    ``title`` (how figures and tables name it), ``image_shape``, ``latent_dim`` and
-    ``likelihood`` (what the decoder's output parameterises), and
-    implement ``encode`` / ``decode``; ``model_args`` holds the constructor arguments, so a
-    checkpoint can rebuild the model.
+    Subclasses set ``kind`` (the registry key, the params section and the models/ folder) and
+    ``title`` (how figures and tables name it), call :meth:`_describe` with their constructor
+    arguments (``image_shape``, ``latent_dim``, the ``likelihood`` that the decoder's output
+    parameterises and the ``prior``), and implement ``encode`` / ``decode``; ``model_args``
+    holds the constructor arguments, so a checkpoint can rebuild the model.
     """
 
     kind: str = ""
     title: str = ""
     image_shape: tuple[int, int, int]
     latent_dim: int
-    likelihood: str
+    likelihood: Likelihood
+    prior: Prior
     model_args: dict
+
+    def _describe(self, image_shape, latent_dim: int, likelihood: str | dict, prior: str,
+                  **args) -> None:
+        """Set the attributes every model has and ``model_args`` (lists, as JSON has them)."""
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.likelihood = make_likelihood(likelihood)
+        self.prior = build_prior(prior, latent_dim)
+        self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
+                           **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
+                           "likelihood": self.likelihood.spec(), "prior": prior}
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the decoder emits: what the likelihood reads for each image channel."""
+        return self.likelihood.output_channels(self.image_shape[0])
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """KL(q(z | x) || p(z)) per image under the model's prior, (B,)."""
+        return self.prior.kl(mu, logvar, z, self.encode)
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` latents drawn from the prior with ``generator`` (on its device)."""
+        return self.prior.sample(n, generator, self.encode)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -47,10 +74,11 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(decoder output, mu, logvar, z)`` with one posterior draw z per image."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator)
-        return self.decode(z), mu, logvar
+        return self.decode(z), mu, logvar, z
 
 
 def _activation(name: str, negative_slope: float) -> nn.Module:
@@ -71,16 +99,13 @@ class MLPVAE(VAE):
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 32,
                  hidden: tuple[int, ...] = (512, 256), activation: str = "leaky_relu",
-                 negative_slope: float = 0.2, likelihood: str = "bernoulli"):
+                 negative_slope: float = 0.2, likelihood: str | dict = "bernoulli",
+                 prior: str = "standard_normal"):
         super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.latent_dim = latent_dim
-        self.likelihood = likelihood
-        self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
-                           "hidden": list(hidden), "activation": activation,
-                           "negative_slope": negative_slope, "likelihood": likelihood}
+        self._describe(image_shape, latent_dim, likelihood, prior, hidden=hidden,
+                       activation=activation, negative_slope=negative_slope)
         d = math.prod(image_shape)
-        out_shape = (output_channels(likelihood, image_shape[0]), *image_shape[1:])
+        out_shape = (self.out_channels, *image_shape[1:])
         layers: list[nn.Module] = [nn.Flatten()]
         prev = d
         for h in hidden:
@@ -125,13 +150,10 @@ class ConvVAE(VAE):
     title = "Conv VAE"
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 16,
-                 channels: tuple[int, ...] = (32, 64), likelihood: str = "bernoulli"):
+                 channels: tuple[int, ...] = (32, 64), likelihood: str | dict = "bernoulli",
+                 prior: str = "standard_normal"):
         super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.latent_dim = latent_dim
-        self.likelihood = likelihood
-        self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
-                           "channels": list(channels), "likelihood": likelihood}
+        self._describe(image_shape, latent_dim, likelihood, prior, channels=channels)
         c_in, height, width = image_shape
         hs = conv_output_sizes(height, len(channels))
         ws = conv_output_sizes(width, len(channels))
@@ -151,7 +173,7 @@ class ConvVAE(VAE):
 
         dec: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.Unflatten(1, self._bottleneck)]
         # channel counts after each deconv; the last emits what the likelihood reads
-        outs = list(reversed([output_channels(likelihood, c_in), *channels[:-1]]))
+        outs = list(reversed([self.out_channels, *channels[:-1]]))
         for i, c_out in enumerate(outs):
             level = len(channels) - i  # decoding from sizes[level] to sizes[level - 1]
             # A stride-2 3x3 transposed conv maps s -> 2s - 1 + output_padding.
@@ -186,9 +208,11 @@ def model_title(kind: str) -> str:
 
 def model_args(kind: str, section) -> dict:
     """Constructor arguments (besides ``image_shape``) of model ``kind`` from its params section:
-    each argument of the class's ``__init__`` is read from the key of the same name."""
+    each argument of the class's ``__init__`` is read from the key of the same name, the
+    likelihood with its own parameters (:func:`~vaepipe.models.likelihoods.section_likelihood`)."""
     names = [p for p in inspect.signature(_model_class(kind)).parameters if p != "image_shape"]
-    return {name: getattr(section, name) for name in names}
+    args = {name: getattr(section, name) for name in names}
+    return {**args, "likelihood": section_likelihood(section).spec()}
 
 
 def _model_class(kind: str) -> type[VAE]:

@@ -1,1 +1,1 @@
-"""The beta-sweep and sweep-table stages: seed 002's study, its frames and its table."""
+"""The beta-sweep and sweep-table stages: recipe 002's study, its frames and its table."""

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vaepipe.models.batches import encode, reconstruct
+from vaepipe.models.batches import EVAL_BATCH, encode, reconstruct
 from vaepipe.models.vae import VAE
-from vaepipe.train.loop import EVAL_BATCH
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Seed 002's beta study: its class subset, its training recipe and the measures of its table.
+"""Recipe 002's beta study: its class subset, its training recipe and the measures of its table.
 
 Each beta trains the conv VAE with :func:`vaepipe.train.loop.fit` (recording frames with
 :mod:`vaepipe.sweep.frames`); :func:`measure` computes one row of the comparison table on the
@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from vaepipe.config import ConvConfig, SweepConfig
 from vaepipe.evaluate.measures import diversity, probe_accuracy, silhouette
-from vaepipe.models.batches import decode_mean, encode, reconstruct, to_unit_float
+from vaepipe.models.batches import EVAL_BATCH, decode_mean, encode, reconstruct, to_unit_float
 from vaepipe.models.vae import VAE
-from vaepipe.train.loop import EVAL_BATCH, evaluate_elbo
+from vaepipe.train.objective import evaluate_elbo
 
 KIND = "conv"
 PRIOR_SAMPLES = 1000  # images drawn from the prior for the diversity measure
@@ -25,7 +25,8 @@ LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def train_config(sweep: SweepConfig) -> ConvConfig:
-    """The optimisation keys ``fit`` reads, from the sweep section (seed 002: Adam, constant beta)."""
+    """The optimisation keys ``fit`` reads, from the sweep section (recipe 002: Adam,
+    constant beta)."""
     return ConvConfig(channels=sweep.channels, latent_dim=sweep.latent_dim, epochs=sweep.epochs,
                       batch_size=sweep.batch_size, lr=sweep.lr)
 
@@ -56,7 +57,7 @@ def sharpness(images: torch.Tensor) -> float:
     return float(laplacian_variance(images).mean())
 
 
-def measure(model: VAE, cfg: ConvConfig, beta: float, seed: int,
+def measure(model: VAE, beta: float, seed: int,
             train_x: torch.Tensor, train_y: np.ndarray,
             test_x: torch.Tensor, test_y: np.ndarray) -> dict[str, float]:
     """One row of the sweep table, from uint8 image tensors on the model's device.
@@ -65,7 +66,7 @@ def measure(model: VAE, cfg: ConvConfig, beta: float, seed: int,
     of ``train_x``). Loss terms use one posterior sample per image (seeded); reconstructions
     for sharpness decode the posterior mean.
     """
-    elbo = evaluate_elbo(model, test_x, beta, cfg, seed=seed)
+    elbo = evaluate_elbo(model, test_x, beta, seed=seed)
     real = to_unit_float(test_x)
     recon = reconstruct(model, test_x, EVAL_BATCH)
     real_sharp, recon_sharp = sharpness(real), sharpness(recon)
@@ -73,9 +74,7 @@ def measure(model: VAE, cfg: ConvConfig, beta: float, seed: int,
     subset = torch.randperm(len(test_x), generator=gen)[:PRIOR_SAMPLES].to(test_x.device)
     test_mu = encode(model, test_x, EVAL_BATCH)[0].cpu().numpy()
     train_mu = encode(model, train_x, EVAL_BATCH)[0].cpu().numpy()
-    device = test_x.device
-    z = torch.randn(PRIOR_SAMPLES, model.latent_dim, device=device,
-                    generator=torch.Generator(device=device).manual_seed(seed))
+    z = model.sample_prior(PRIOR_SAMPLES, torch.Generator(device=test_x.device).manual_seed(seed))
     return {
         "test_recon": elbo["recon"],
         "test_kl": elbo["kl"],

@@ -3,7 +3,9 @@
 A checkpoint is a dict ``{"format", "kind", "model_args", "state_dict", ...meta}``: the kind
 and its constructor arguments rebuild the network with nothing else (evaluate, visualize and
 users' scripts need no params.yaml), and ``torch.load(weights_only=True)`` reads it without
-running pickled code.
+running pickled code. A VAE's ``model_args`` name its likelihood with its parameters and its
+prior, and ``pixels`` says what it trained on (:func:`trained_pixels`), which is all that
+scoring it needs.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch
 from torch import nn
 
 from vaepipe.io import atomic_path
+from vaepipe.models.batches import PIXELS
+from vaepipe.models.likelihoods import LIKELIHOODS, make_likelihood
 from vaepipe.models.vae import MODELS, construct
 
 CHECKPOINT_FORMAT = 1
@@ -69,9 +73,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: holds a {ckpt.get('kind')!r} network; expected "
                               f"{' or '.join(map(repr, kinds))}")
     try:
-        model = construct(kinds[ckpt["kind"]], ckpt["model_args"])
-    except (KeyError, TypeError, ValueError) as exc:
+        if kinds is MODELS:
+            ckpt["model_args"] = _upgraded_args(ckpt)
+        # first with no memory (the meta device): the weights must fit the arguments before a
+        # real model of them is built, so no file can make this allocate more than it holds
+        with torch.device("meta"):
+            skeleton = construct(kinds[ckpt["kind"]], ckpt["model_args"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model ({exc})") from None
+    reason = _shape_mismatch(skeleton, ckpt.get("state_dict"))
+    if reason:
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt['kind']} model with "
+                              f"{ckpt['model_args']} ({reason})")
+    model = construct(kinds[ckpt["kind"]], ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError) as exc:
@@ -79,3 +93,43 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: weights do not fit a {ckpt['kind']} model with "
                               f"{ckpt['model_args']} ({reason})") from None
     return model.to(device).eval(), ckpt
+
+
+def _shape_mismatch(skeleton: nn.Module, state_dict) -> str:
+    """Why the stored tensors are not those of the model the arguments build ('' if they are):
+    compared by names and shapes, before any real model is built."""
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if not isinstance(state_dict, Mapping) or any(
+            not isinstance(v, torch.Tensor) for v in state_dict.values()):
+        return "no state_dict of tensors"
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    return f"mismatched tensors {', '.join(wrong[:3])}{more}" if wrong else ""
+
+
+def _upgraded_args(ckpt: dict) -> dict:
+    """A VAE's ``model_args`` as this code writes them. Checkpoints written before likelihoods
+    kept their parameters name the likelihood alone and kept them in the stored params."""
+    args = dict(ckpt.get("model_args") or {})
+    name = args.get("likelihood")
+    if isinstance(name, str) and name in LIKELIHOODS and LIKELIHOODS[name].parameters():
+        params = ckpt.get("params")
+        section = params.get(ckpt.get("kind")) if isinstance(params, dict) else None
+        section = section if isinstance(section, dict) else {}
+        cls = LIKELIHOODS[name]
+        values = {k: section[k] for k in cls.parameters() if k in section}
+        args["likelihood"] = cls(**values).spec()
+    return args
+
+
+def trained_pixels(ckpt: dict) -> str:
+    """What a VAE checkpoint's model trained on: levels, dequantized or binarized. Checkpoints
+    that do not say it are read from their stored data params."""
+    if ckpt.get("pixels") in PIXELS:
+        return ckpt["pixels"]
+    params = ckpt.get("params")
+    data = params.get("data") if isinstance(params, dict) else None
+    data = data if isinstance(data, dict) else {}
+    likelihood = make_likelihood(ckpt["model_args"].get("likelihood", "bernoulli"))
+    return likelihood.training_pixels(data.get("dequantize", False), data.get("binarize", "none"))

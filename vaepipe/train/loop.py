@@ -19,19 +19,12 @@ from tqdm import tqdm
 
 from vaepipe.config import TrainConfig
 from vaepipe.io import atomic_path
-from vaepipe.models.batches import inference, to_unit_float
+from vaepipe.models.batches import to_unit_float
 from vaepipe.models.vae import VAE
 from vaepipe.train.checkpoints import CHECKPOINTS, save_checkpoint
 from vaepipe.train.device import device_name
-from vaepipe.models.likelihoods import recon_per_sample
-from vaepipe.train.objective import kl_per_sample, kl_weight, vae_loss
-
-EVAL_BATCH = 1000  # images per forward pass when validating
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
+from vaepipe.train.errors import TrainingDiverged
+from vaepipe.train.objective import evaluate_elbo, kl_weight, vae_loss
 
 def scheduled_kl_weight(cfg: TrainConfig, epoch: int, beta: float) -> float:
     """The KL weight of 1-based ``epoch`` under ``cfg``'s schedule towards ``beta``."""
@@ -44,38 +37,6 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     # fused=True: one kernel for the whole update instead of one per tensor (the same
     # algorithm; bench/README.md has the measured speed-up)
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-
-
-def elbo_per_image(model: VAE, images: torch.Tensor, cfg: TrainConfig, pixels: str = "levels",
-                   seed: int = 0, likelihood: str | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction term -log p(x | z) and KL of each of the uint8 ``images``, in nats.
-
-    ``pixels``: how the images become model inputs (:func:`to_unit_float`); ``likelihood``
-    scores the decoder's output with another likelihood than ``cfg.likelihood`` (the 8-bit
-    rate scores a Bernoulli decoder as a continuous Bernoulli). One posterior sample per image
-    (and one dequantization) from a generator seeded with ``seed``, so the same weights always
-    give the same numbers (comparable across epochs). Float64 (N,) tensors on the images'
-    device.
-    """
-    gen = torch.Generator(device=images.device).manual_seed(seed)
-    likelihood = likelihood or cfg.likelihood
-    recon, kl = [], []
-    with inference(model):
-        for i in range(0, len(images), EVAL_BATCH):
-            x = to_unit_float(images[i:i + EVAL_BATCH], pixels, gen)
-            out, mu, logvar = model(x, gen)
-            recon.append(recon_per_sample(out, x, likelihood, cfg.obs_std).double())
-            kl.append(kl_per_sample(mu, logvar).double())
-    return torch.cat(recon), torch.cat(kl)
-
-
-def evaluate_elbo(model: VAE, images: torch.Tensor, beta: float, cfg: TrainConfig,
-                  pixels: str = "levels", seed: int = 0) -> dict[str, float]:
-    """Mean loss (at KL weight ``beta``), recon, KL and NELBO over uint8 ``images``: the means
-    of :func:`elbo_per_image`."""
-    recon, kl = (t.mean().item() for t in elbo_per_image(model, images, cfg, pixels, seed))
-    return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
 
 
 @dataclass
@@ -104,7 +65,8 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     towards ``beta``. With ``checkpoint_dir``,
     writes the :data:`~vaepipe.train.checkpoints.CHECKPOINTS`: ``epoch_01.pt``, ``best.pt``
     (lowest validation loss at the *target* weight ``beta``, so warm-up epochs cannot win on a
-    discounted KL) and ``final.pt``; ``meta`` is stored in each. ``on_batch(epoch, batch,
+    discounted KL) and ``final.pt``; ``meta`` is stored in each, with the optimizer and
+    ``pixels`` (what the model trained on). ``on_batch(epoch, batch,
     model)`` runs after every optimizer step (batch is 1-based; the model is in training mode
     and must be left so), ``on_epoch(result)`` after each epoch's validation and checkpoints,
     with the epochs done so far (the stages write their history and partial metrics there).
@@ -115,90 +77,113 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     """
     torch.manual_seed(seed)
     model.to(device).train()
-    meta = meta or {}
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     train_x = torch.as_tensor(train_images).to(device)
     val_x = torch.as_tensor(val_images).to(device)
-    n, bs = len(train_x), cfg.batch_size
-    n_batches = math.ceil(n / bs)
     opt = make_optimizer(cfg, model.parameters())
     # what the optimizer really is, read back from it (not the config), for the checkpoints
     group = opt.param_groups[0]
-    meta = {**meta, "optimizer": {"class": type(opt).__name__, "lr": group["lr"],
-                                  "weight_decay": group["weight_decay"]}}
+    meta = {**(meta or {}), "optimizer": {"class": type(opt).__name__, "lr": group["lr"],
+                                          "weight_decay": group["weight_decay"]},
+            "pixels": pixels}
     gen = torch.Generator(device=device).manual_seed(seed)
     val_pixels = "dequantized" if pixels == "dequantized" else "levels"
-    first, best, final = CHECKPOINTS
     result = FitResult()
-    best_loss = math.inf
-
     for epoch in range(1, cfg.epochs + 1):
         weight = scheduled_kl_weight(cfg, epoch, beta)
-        _sync(device)
-        start = time.perf_counter()
-        shuffled = train_x[torch.randperm(n, generator=gen, device=device)]
-        # Per-batch (loss, recon, kl) kept on the device: no host sync inside the loop.
-        stats = torch.empty(n_batches, 3, device=device)
-        # disable=None: no bar where stderr is not a terminal (a redrawn bar in a log file is
-        # a thousand fragments of lines)
-        bar = tqdm(total=n, desc=f"{model.kind} epoch {epoch}/{cfg.epochs}", unit="img",
-                   disable=None if progress else True, leave=False)
-        for b in range(n_batches):
-            x = to_unit_float(shuffled[b * bs:(b + 1) * bs], pixels, gen)
-            out, mu, logvar = model(x, gen)
-            terms = vae_loss(out, x, mu, logvar, weight, cfg.likelihood, cfg.obs_std)
-            opt.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            stats[b] = torch.stack(terms).detach()
-            bar.update(len(x))
-            if on_batch is not None:
-                on_batch(epoch, b + 1, model)
-        bar.close()
-        _sync(device)
-        seconds = time.perf_counter() - start
-
-        bad = ~torch.isfinite(stats).all(dim=1)
-        if bad.any():
-            first = int(bad.nonzero()[0])
-            raise TrainingDiverged(
-                f"non-finite loss at epoch {epoch}, batch {first + 1} of {n_batches} "
-                f"(loss={stats[first, 0].item()}); lower the learning rate (lr) or enable "
-                f"gradient clipping (grad_clip > 0). Checkpoints from earlier epochs are kept.")
-        sizes = torch.full((n_batches,), float(bs), device=device)
-        sizes[-1] = n - bs * (n_batches - 1)
-        train_means = ((stats * sizes[:, None]).sum(0) / n).tolist()
-        val = evaluate_elbo(model, val_x, beta, cfg, val_pixels, seed)
-        row = {"epoch": epoch, "beta": weight, "lr": opt.param_groups[0]["lr"],
-               "train_loss": train_means[0], "train_recon": train_means[1],
-               "train_kl": train_means[2], "val_loss": val["loss"], "val_recon": val["recon"],
-               "val_kl": val["kl"], "val_nelbo": val["nelbo"], "seconds": seconds,
-               "images_per_second": n / seconds}
-        result.history.append(row)
+        after_batch = None if on_batch is None else (
+            lambda b, epoch=epoch: on_batch(epoch, b, model))
+        train_means, seconds = train_epoch(model, opt, train_x, cfg, weight, pixels, gen,
+                                           f"{model.kind} epoch {epoch}/{cfg.epochs}", epoch,
+                                           progress, after_batch)
+        val = evaluate_elbo(model, val_x, beta, val_pixels, seed)
+        result.history.append(
+            {"epoch": epoch, "beta": weight, "lr": opt.param_groups[0]["lr"],
+             "train_loss": train_means[0], "train_recon": train_means[1],
+             "train_kl": train_means[2], **{f"val_{k}": v for k, v in val.items()},
+             "seconds": seconds, "images_per_second": len(train_x) / seconds})
         if not all(math.isfinite(v) for v in val.values()):
             raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}: {val}; "
                                    f"lower the learning rate (lr) or enable gradient clipping.")
-        val_metrics = {f"val_{k}": v for k, v in val.items()}
-        saved = {"epoch": epoch, "metrics": val_metrics, **meta}
-        if ckpt_dir is not None and epoch == 1:
-            save_checkpoint(ckpt_dir / f"{first}.pt", model, saved)
-        if val["loss"] < best_loss:
-            best_loss, result.best_epoch, result.best = val["loss"], epoch, val_metrics
-            if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir / f"{best}.pt", model, saved)
+        save_epoch_checkpoints(checkpoint_dir, model, result, meta)
         if progress:
             tqdm.write(f"{model.kind} epoch {epoch:3d}/{cfg.epochs}: kl weight {weight:.3f}  "
                        f"train {train_means[0]:.2f}  val nelbo {val['nelbo']:.2f} "
                        f"(recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
-                       f"{n / seconds:,.0f} img/s", file=sys.stderr)
+                       f"{len(train_x) / seconds:,.0f} img/s", file=sys.stderr)
         if on_epoch is not None:
             on_epoch(result)
-    if ckpt_dir is not None:
-        save_checkpoint(ckpt_dir / f"{final}.pt", model,
-                        {"epoch": cfg.epochs, "metrics": val_metrics, **meta})
+    if checkpoint_dir is not None:
+        save_checkpoint(Path(checkpoint_dir) / f"{CHECKPOINTS[2]}.pt", model,
+                        {"epoch": cfg.epochs, "metrics": _val_metrics(result.history[-1]),
+                         **meta})
     return result
+
+
+def train_epoch(model: VAE, opt: torch.optim.Optimizer, train_x: torch.Tensor,
+                cfg: TrainConfig, weight: float, pixels: str, gen: torch.Generator,
+                desc: str, epoch: int, progress: bool = True,
+                after_batch: Callable[[int], None] | None = None) -> tuple[list[float], float]:
+    """One pass over ``train_x`` in a seeded random order, one optimizer step per batch of
+    ``cfg.batch_size``; returns the epoch's mean (loss, recon, kl) and its seconds.
+    ``after_batch(b)`` runs after step b (1-based). A non-finite loss raises
+    :class:`TrainingDiverged` naming ``epoch`` and the batch."""
+    device = train_x.device
+    n, bs = len(train_x), cfg.batch_size
+    n_batches = math.ceil(n / bs)
+    _sync(device)
+    start = time.perf_counter()
+    shuffled = train_x[torch.randperm(n, generator=gen, device=device)]
+    # Per-batch (loss, recon, kl) kept on the device: no host sync inside the loop.
+    stats = torch.empty(n_batches, 3, device=device)
+    # disable=None: no bar where stderr is not a terminal (a redrawn bar in a log file is
+    # a thousand fragments of lines)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False)
+    for b in range(n_batches):
+        x = to_unit_float(shuffled[b * bs:(b + 1) * bs], pixels, gen)
+        out, mu, logvar, z = model(x, gen)
+        terms = vae_loss(model, x, out, mu, logvar, z, weight)
+        opt.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        stats[b] = torch.stack(terms).detach()
+        bar.update(len(x))
+        if after_batch is not None:
+            after_batch(b + 1)
+    bar.close()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    bad = ~torch.isfinite(stats).all(dim=1)
+    if bad.any():
+        bad_batch = int(bad.nonzero()[0])
+        raise TrainingDiverged(
+            f"non-finite loss at epoch {epoch}, batch {bad_batch + 1} of {n_batches} "
+            f"(loss={stats[bad_batch, 0].item()}); lower the learning rate (lr) or enable "
+            f"gradient clipping (grad_clip > 0). Checkpoints from earlier epochs are kept.")
+    sizes = torch.full((n_batches,), float(bs), device=device)
+    sizes[-1] = n - bs * (n_batches - 1)
+    return ((stats * sizes[:, None]).sum(0) / n).tolist(), seconds
+
+
+def _val_metrics(row: dict) -> dict:
+    return {k: row[k] for k in ("val_loss", "val_recon", "val_kl", "val_nelbo")}
+
+
+def save_epoch_checkpoints(checkpoint_dir: str | Path | None, model: VAE, result: FitResult,
+                           meta: dict) -> None:
+    """After the epoch just appended to ``result.history``: ``epoch_01.pt`` after the first,
+    ``best.pt`` when its validation loss is the lowest so far (``result`` then records it)."""
+    row = result.history[-1]
+    val_metrics = _val_metrics(row)
+    saved = {"epoch": row["epoch"], "metrics": val_metrics, **meta}
+    first_ckpt, best_ckpt, _ = CHECKPOINTS
+    if checkpoint_dir is not None and row["epoch"] == 1:
+        save_checkpoint(Path(checkpoint_dir) / f"{first_ckpt}.pt", model, saved)
+    if row["val_loss"] < result.best.get("val_loss", math.inf):
+        result.best_epoch, result.best = row["epoch"], val_metrics
+        if checkpoint_dir is not None:
+            save_checkpoint(Path(checkpoint_dir) / f"{best_ckpt}.pt", model, saved)
 
 
 def _sync(device: torch.device) -> None:
