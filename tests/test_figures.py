@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from vaepipe.config import VisualizeConfig
 from vaepipe.figures import grids, latent, plots
+from vaepipe.figures.gallery import COMPARED, FigurePlan, ModelRun, draw_prior_samples
 from vaepipe.models.vae import build_model
 
 RNG = np.random.default_rng(0)
@@ -205,3 +207,35 @@ def test_interpolation_runs_from_one_mean_to_the_other():
     assert z.shape == (10, 3) and alphas[0] == 0 and alphas[-1] == 1
     np.testing.assert_allclose(z[0], 0)
     np.testing.assert_allclose(z[-1], 1)
+
+
+# --------------------------------------------------------------------------------------------
+# The gallery's plan: which figures a model gets comes from its run, not from its name
+
+
+def test_a_run_gets_the_prior_sample_grids_it_asks_for(tmp_path):
+    evaluations = {c: {"samples": images(100, 1, 28, 28)} for c in COMPARED}
+    model = build_model("mlp", image_shape=(1, 28, 28), latent_dim=2, hidden=(8,))
+
+    def drawn(name, **sides):
+        run = ModelRun(name, evaluations, {c: model for c in COMPARED},
+                       {"epoch_01": 1, "best": 4}, **sides)
+        plan = FigurePlan(run, np.zeros((1, 1, 28, 28), np.uint8), np.zeros(1, np.int64),
+                          ["a"], VisualizeConfig(), 0, tmp_path)
+        return [(e.path.name, e.headline) for e in draw_prior_samples(plan)]
+
+    assert drawn("mlp") == [("mlp_samples_4x4.png", False), ("mlp_samples_8x8.png", True)]
+    assert drawn("conv", sample_sides=(4, 8, 10)) == [
+        ("conv_samples_4x4.png", False), ("conv_samples_8x8.png", True),
+        ("conv_samples_10x10.png", False)]
+    assert png_size(tmp_path / "conv_samples_10x10.png") == (8 + 302 + 24 + 302 + 8,
+                                                              34 + 22 + 302 + 8)
+
+
+def test_the_posterior_figures_prior_reference_is_its_seeded_pooled_draws():
+    model = build_model("mlp", image_shape=(1, 28, 28), latent_dim=3, hidden=(8,))
+    z = model.prior.pooled_draws(20_000, 3, model.encode)
+    assert z.shape == (20_000,) and np.array_equal(z, model.prior.pooled_draws(20_000, 3, None))
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
+    # the standard normal's draw is numpy's, the one the posterior figure has drawn with
+    assert np.array_equal(z, np.random.default_rng(3).standard_normal(20_000))

@@ -80,6 +80,8 @@ def test_report_shows_pictures_and_one_results_table_before_the_long_tables(buil
             in glance)
     assert "MLP VAE beats PNG and the histogram; Conv VAE beats PNG and the histogram" in glance
     assert vizdata.EVALUATION_MD.strip() in rest     # the per-checkpoint tables after them
+    # what each number means is said once, in evaluation.md's last section: pointed to here
+    assert "*How each number is computed* under Evaluation, below" in glance
     # the run named in one line above the pictures; its details below them
     head = text.split("## At a glance")[0]
     assert head.startswith("# VAE report: fashion-mnist\n\n**Made from** commit unknown")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -72,6 +73,28 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     if len(frames) < 1:
         raise ValueError("render_gif needs at least one frame")
     xlim, ylim = limits or frame_limits(frames)
+    scene = _scene(labels, class_ids, class_names, originals, xlim, ylim, dpi)
+    rgbs, record = _draw_frames(scene, frames, originals, title, epochs, batches_per_epoch)
+    record = {"xlim": list(xlim), "ylim": list(ylim), "frames": record}
+    write_bytes(path, _gif_bytes(rgbs, record, frame_ms, last_ms))
+    return record
+
+
+@dataclass
+class _Scene:
+    """The figure of a latent-evolution GIF and the artists each frame redraws."""
+
+    fig: Figure
+    canvas: FigureCanvasAgg
+    ax: Any
+    strip_ax: Any
+    scatters: list      # (mask of the probe images of a class, its scatter)
+    heading: Any
+    image: Any
+
+
+def _scene(labels, class_ids, class_names, originals, xlim, ylim, dpi) -> _Scene:
+    """The static parts (axes, prior circles, legend, strip labels) and the animated artists."""
     # a bare Figure on an Agg canvas: no pyplot, no backend or global state to leak
     fig = Figure(figsize=(5.2, 6.6), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
@@ -79,7 +102,6 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
                             left=0.14, right=0.97, top=0.86, bottom=0.03)
     ax = fig.add_subplot(grid[0])
     strip_ax = fig.add_subplot(grid[1])
-
     colours = colormaps["tab10"]
     scatters = []
     for k, (cls, name) in enumerate(zip(class_ids, class_names)):
@@ -99,7 +121,6 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
                bbox_to_anchor=(0.55, 0.915), fontsize=8, markerscale=2.5, frameon=False,
                handletextpad=0.1, columnspacing=1.0)
     heading = fig.suptitle("", fontsize=11, animated=True)
-
     image = strip_ax.imshow(strip_image(originals, originals), cmap="gray", vmin=0, vmax=255,
                             interpolation="nearest", animated=True)
     h = originals.shape[1]
@@ -108,27 +129,37 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     strip_ax.tick_params(length=0)
     for side in strip_ax.spines.values():
         side.set_visible(False)
+    return _Scene(fig, canvas, ax, strip_ax, scatters, heading, image)
 
+
+def _draw_frames(scene: _Scene, frames, originals, title, epochs, batches_per_epoch
+                 ) -> tuple[list[np.ndarray], list[dict]]:
+    """Each frame as RGB pixels, and what it showed (epoch, batch, the axes' limits)."""
     # Blitting: the static parts (axes, ticks, legend, circles) are drawn once; each frame
     # restores them and draws only the animated artists, much faster than a full draw.
+    canvas, ax = scene.canvas, scene.ax
     canvas.draw()
-    background = canvas.copy_from_bbox(fig.bbox)
-    rgbs, record = [], {"xlim": list(xlim), "ylim": list(ylim), "frames": []}
+    background = canvas.copy_from_bbox(scene.fig.bbox)
+    rgbs, record = [], []
     for frame in frames:
         canvas.restore_region(background)
-        for mask, points in scatters:
+        for mask, points in scene.scatters:
             points.set_offsets(frame.mu[mask, :2])
             ax.draw_artist(points)
-        image.set_data(strip_image(originals, frame.recon))
-        strip_ax.draw_artist(image)
+        scene.image.set_data(strip_image(originals, frame.recon))
+        scene.strip_ax.draw_artist(scene.image)
         when = ("before training" if frame.epoch == 0 else
                 f"epoch {frame.epoch}/{epochs}, batch {frame.batch}/{batches_per_epoch}")
-        heading.set_text(f"{title}\n{when}")
-        fig.draw_artist(heading)
+        scene.heading.set_text(f"{title}\n{when}")
+        scene.fig.draw_artist(scene.heading)
         rgbs.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-        record["frames"].append({"epoch": frame.epoch, "batch": frame.batch,
-                                 "xlim": list(ax.get_xlim()), "ylim": list(ax.get_ylim())})
+        record.append({"epoch": frame.epoch, "batch": frame.batch,
+                       "xlim": list(ax.get_xlim()), "ylim": list(ax.get_ylim())})
+    return rgbs, record
 
+
+def _gif_bytes(rgbs: list[np.ndarray], record: dict, frame_ms: int, last_ms: int) -> bytes:
+    """The frames as one looping GIF with ``record`` as its comment."""
     # One palette for every frame, from up to 8 frames spread over training (noisy and
     # trained greys, every class colour and the blends of overlapping translucent points):
     # no colour flicker between frames, and one palette search instead of one per frame.
@@ -142,8 +173,7 @@ def render_gif(path: str | Path, frames: Sequence[Frame], labels: np.ndarray,
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
                      duration=durations, loop=0, optimize=False,
                      comment=json.dumps(record, separators=(",", ":")).encode())
-    write_bytes(path, buffer.getvalue())
-    return record
+    return buffer.getvalue()
 
 
 def read_gif_record(path: str | Path) -> tuple[int, list[tuple[int, int]], dict]:

@@ -1,6 +1,6 @@
 """Which figures the pipeline draws, from which saved arrays: the visualize stage's plan.
 
-For each model it compares the first epoch's checkpoint with the best one, as seed 000 does,
+For each model it compares the first epoch's checkpoint with the best one, as recipe 000 does,
 drawing from what ``evaluate`` saved per checkpoint (``data/evaluate/<model>/<checkpoint>.npz``:
 test-set posterior means and log-variances, prior samples, reconstructions, frozen-latent
 samples) and decoding only the latent walks (interpolation, traversals), which nothing saved.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping, Sequence
@@ -25,12 +26,13 @@ from vaepipe.figures.report import FigureEntry
 from vaepipe.io import read_npz
 from vaepipe.models.vae import VAE, model_title
 
-COMPARED = ("epoch_01", "best")   # the checkpoints seed 000 draws side by side
+COMPARED = ("epoch_01", "best")   # the checkpoints recipe 000 draws side by side
 # what evaluate saves per checkpoint: key -> (dtype, number of dimensions)
 EVALUATION_KEYS = {"mu": ("float32", 2), "logvar": ("float32", 2), "labels": ("int64", 1),
-                   "samples": ("float32", 4), "recon_index": ("int64", 1),
-                   "recon": ("float32", 4), "frozen_sigmas": ("float32", 1),
-                   "frozen": ("float32", 5)}
+                   "samples": ("float32", 4), "recon_index": ("int64", 1), "recon": ("float32", 4),
+                   "frozen_sigmas": ("float32", 1), "frozen": ("float32", 5)}
+# per checkpoint, a function returning the t-SNE embedding of the scatter plots' latent means
+Embeddings = Mapping[str, Callable[[], np.ndarray]]
 
 
 class InputError(ValueError):
@@ -67,7 +69,8 @@ class ModelRun:
 
     ``evaluations`` and ``decoders`` are keyed by checkpoint name (:data:`COMPARED`),
     ``epochs`` gives each checkpoint's training epoch, ``history`` the training history's
-    columns, ``metrics`` the model's block of ``reports/evaluate.json`` (may be empty).
+    columns, ``metrics`` the model's block of ``reports/evaluate.json`` (may be empty), and
+    ``sample_sides`` the side of each square grid of its saved prior samples drawn (up to 10).
     """
 
     name: str
@@ -77,6 +80,7 @@ class ModelRun:
     history: Mapping[str, np.ndarray] | None = None
     best_epoch: int | None = None
     metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    sample_sides: tuple[int, ...] = (4, 8)
 
     @property
     def title(self) -> str:
@@ -89,42 +93,74 @@ class ModelRun:
         return f"{checkpoint} (epoch {epoch})" if epoch is not None else checkpoint
 
 
-def _metric(run: ModelRun, key: str, fmt: str = ".1f") -> str:
-    """'epoch 1 -> best' values of one evaluate metric, or '' when evaluate did not report it."""
-    values = [run.metrics.get(c, {}).get(key) for c in COMPARED]
-    if any(not isinstance(v, (int, float)) for v in values):
-        return ""
-    return " -> ".join(format(v, fmt) for v in values)
+@dataclass
+class FigurePlan:
+    """What every figure of one model shares: the run, the test split, the params, where the
+    files go. Each ``draw_*`` step below draws one figure family from it and returns its entries."""
+
+    run: ModelRun
+    test_images: np.ndarray            # uint8 (N, C, H, W)
+    test_labels: np.ndarray
+    class_names: Sequence[str]
+    cfg: VisualizeConfig
+    seed: int
+    out: Path
+
+    @cached_property
+    def ev(self) -> dict[str, Mapping[str, np.ndarray]]:
+        return {c: self.run.evaluations[c] for c in COMPARED}
+
+    @cached_property
+    def labels(self) -> dict[str, str]:
+        return {c: self.run.label(c) for c in COMPARED}
+
+    @property
+    def versus(self) -> str:
+        return f"{self.labels['epoch_01']} vs {self.labels['best']}"
+
+    @property
+    def prior_title(self) -> str:
+        """How captions write the model's prior p(z)."""
+        return self.run.decoders["best"].prior.title
+
+    @cached_property
+    def keep(self) -> np.ndarray:
+        """The test images the PCA and t-SNE scatter plots draw."""
+        return scatter_indices(len(self.test_labels), self.cfg, self.seed)
+
+    @cached_property
+    def pair(self) -> tuple[int, int]:
+        """Two test images of different classes: the interpolation's ends, the traversal's start."""
+        return latent.pick_pair(self.test_labels, self.seed)
+
+    @cached_property
+    def latent_use(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per checkpoint: each latent dimension's KL on the test set, and which are active."""
+        return {c: (kl_per_dim(self.ev[c]["mu"], self.ev[c]["logvar"]),
+                    active_units(self.ev[c]["mu"])) for c in COMPARED}
+
+    def metric(self, key: str, fmt: str = ".1f") -> str:
+        """'epoch 1 -> best' values of one evaluate metric, or '' where evaluate gave none."""
+        values = [self.run.metrics.get(c, {}).get(key) for c in COMPARED]
+        if any(not isinstance(v, (int, float)) for v in values):
+            return ""
+        return " -> ".join(format(v, fmt) for v in values)
+
+    def path(self, name: str) -> Path:
+        return self.out / f"{self.run.name}_{name}.png"
+
+    def entry(self, path: Path, title: str, caption: str, headline: bool = False) -> FigureEntry:
+        group = self.run.title
+        return FigureEntry(path, group, f"{group}: {title}" if headline else title, caption,
+                           headline)
 
 
-def _entry(path: Path, group: str, title: str, caption: str, headline: bool = False
-           ) -> FigureEntry:
-    return FigureEntry(path=path, group=group, title=f"{group}: {title}" if headline else title,
-                       caption=caption, headline=headline)
-
-
-def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
-               class_names: Sequence[str], cfg: VisualizeConfig, seed: int,
-               out_dir: str | Path,
-               tsne: Mapping[str, Callable[[], np.ndarray]] | None = None) -> list[FigureEntry]:
-    """Every per-model figure, epoch 1 beside best; returns what was drawn, in report order.
-
-    ``test_images`` are the test split's uint8 images (N, C, H, W), ``test_labels`` its labels.
-    ``tsne`` may give, per checkpoint, a function returning the t-SNE embedding of the latent
-    means at :func:`scatter_indices` (e.g. a running future's ``result``); by default they are
-    computed here. The t-SNE figure is drawn last, so such work can overlap the others.
-    """
-    out = Path(out_dir)
-    m, title, group = run.name, run.title, run.title
-    ev = {c: run.evaluations[c] for c in COMPARED}
-    labels = {c: run.label(c) for c in COMPARED}
-    test_float = test_images.astype(np.float32) / 255.0
-    drawn: list[FigureEntry] = []
-    versus = f"{labels['epoch_01']} vs {labels['best']}"
-
-    # -- reconstructions: inputs over each checkpoint's reconstructions
+def draw_reconstructions(plan: FigurePlan) -> FigureEntry:
+    """Test inputs over each checkpoint's reconstructions of them, as ``evaluate`` saved them."""
+    ev, labels = plan.ev, plan.labels
+    test_float = plan.test_images.astype(np.float32) / 255.0
     idx = [ev[c]["recon_index"] for c in COMPARED]
-    path = out / f"{m}_reconstructions.png"
+    path = plan.path("reconstructions")
     if all(np.array_equal(idx[0], i) for i in idx):
         rows = {"test input": test_float[idx[0]], **{labels[c]: ev[c]["recon"] for c in COMPARED}}
     else:  # evaluate chose different images per checkpoint: each gets its own input row
@@ -132,144 +168,180 @@ def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
         for c, i in zip(COMPARED, idx):
             rows[f"input ({labels[c]})"] = test_float[i]
             rows[labels[c]] = ev[c]["recon"]
-    grids.reconstructions(rows, path, f"{title}: test images and their reconstructions")
-    recon = _metric(run, "recon")
-    drawn.append(_entry(path, group, "Reconstructions",
-                        f"Top row: {len(idx[0])} test images; below, each checkpoint's "
-                        f"reconstruction of them as `evaluate` saved it, {versus}"
-                        + (f"; test reconstruction term {recon} nats per image." if recon
-                           else "."), headline=True))
+    grids.reconstructions(rows, path, f"{plan.run.title}: test images and their reconstructions")
+    recon = plan.metric("recon")
+    return plan.entry(path, "Reconstructions",
+                      f"Top row: {len(idx[0])} test images; below, each checkpoint's "
+                      f"reconstruction of them as `evaluate` saved it, {plan.versus}"
+                      + (f"; test reconstruction term {recon} nats per image." if recon
+                         else "."), headline=True)
 
-    # -- prior samples
-    samples = {labels[c]: ev[c]["samples"] for c in COMPARED}
-    fid = _metric(run, "fid")
+
+def draw_prior_samples(plan: FigurePlan) -> list[FigureEntry]:
+    """One grid of ``evaluate``'s decoded prior samples per side in ``run.sample_sides``."""
+    samples = {plan.labels[c]: plan.ev[c]["samples"] for c in COMPARED}
+    fid = plan.metric("fid")
     fid_text = f" FID {fid} (classifier features)." if fid else ""
-    sides = (4, 8, 10) if m == "mlp" else (4, 8)
-    for side in sides:
-        path = out / f"{m}_samples_{side}x{side}.png"
-        grids.sample_grids(samples, side, path,
-                             f"{title}: decoded prior samples z ~ N(0, I), {side}x{side}")
-        note = " (seed 004's 10x10 grid)" if side == 10 else ""
-        drawn.append(_entry(path, group, f"Prior samples {side}x{side}",
-                            f"{side * side} images decoded from z ~ N(0, I){note}, {versus}."
-                            + fid_text, headline=side == 8))
+    drawn = []
+    for side in plan.run.sample_sides:
+        path = plan.path(f"samples_{side}x{side}")
+        grids.sample_grids(samples, side, path, f"{plan.run.title}: decoded prior samples "
+                           f"z ~ {plan.prior_title}, {side}x{side}")
+        note = " (recipe 004's 10x10 grid)" if side == 10 else ""
+        drawn.append(plan.entry(path, f"Prior samples {side}x{side}",
+                                f"{side * side} images decoded from z ~ {plan.prior_title}{note}, "
+                                f"{plan.versus}." + fid_text, headline=side == 8))
+    return drawn
 
-    # -- latent scatter: PCA (fit on all test means) of a subsample; t-SNE of it at the end
-    n_test = len(test_labels)
-    keep = scatter_indices(n_test, cfg, seed)
-    pca_panels, shares = {}, {}
+
+def draw_latent_pca(plan: FigurePlan) -> FigureEntry:
+    """PCA (fit on all test means) of the latent means of the scatter subsample, by class."""
+    ev, labels, keep, n_test = plan.ev, plan.labels, plan.keep, len(plan.test_labels)
+    panels, shares = {}, {}
     for c in COMPARED:
         coords, explained = latent.pca_2d(ev[c]["mu"][keep], fit_on=ev[c]["mu"])
         shares[c] = explained
-        pca_panels[f"{labels[c]}: PC 1 + PC 2 explain {100 * explained.sum():.1f}% of the "
-                   f"variance ({100 * explained[0]:.1f}% + {100 * explained[1]:.1f}%)"] = coords
-    z_dim = ev["best"]["mu"].shape[1]
-    path = out / f"{m}_latent_pca.png"
-    plots.latent_scatter(pca_panels, test_labels[keep], class_names, path,
-                           f"{title}: PCA of the test latent means ({len(keep)} of {n_test} "
-                           f"images, z{z_dim})", "PC")
+        panels[f"{labels[c]}: PC 1 + PC 2 explain {100 * explained.sum():.1f}% of the "
+               f"variance ({100 * explained[0]:.1f}% + {100 * explained[1]:.1f}%)"] = coords
+    path = plan.path("latent_pca")
+    plots.latent_scatter(panels, plan.test_labels[keep], plan.class_names, path,
+                         f"{plan.run.title}: PCA of the test latent means ({len(keep)} of "
+                         f"{n_test} images, z{ev['best']['mu'].shape[1]})", "PC")
     share = " -> ".join(f"{100 * shares[c].sum():.1f}%" for c in COMPARED)
-    probe = _metric(run, "probe_accuracy", ".3f")
-    drawn.append(_entry(path, group, "Latent space, PCA",
-                        f"Test latent means projected on their first two principal components, "
-                        f"coloured by class; explained variance {share}"
-                        + (f"; linear-probe accuracy {probe}." if probe else ".")))
-    tsne_at = len(drawn)
+    probe = plan.metric("probe_accuracy", ".3f")
+    return plan.entry(path, "Latent space, PCA",
+                      f"Test latent means projected on their first two principal components, "
+                      f"coloured by class; explained variance {share}"
+                      + (f"; linear-probe accuracy {probe}." if probe else "."))
 
-    # -- interpolation between two test images of different classes
-    a, b = latent.pick_pair(test_labels, seed)
+
+def draw_latent_tsne(plan: FigurePlan, tsne: Embeddings | None) -> FigureEntry:
+    """t-SNE of the same subsample as the PCA; ``tsne`` as :func:`draw_model` takes it."""
+    ev, cfg, keep = plan.ev, plan.cfg, plan.keep
+    if tsne is None:
+        tsne = {c: (lambda c=c: latent.tsne_2d(ev[c]["mu"][keep], plan.seed, cfg.tsne_perplexity,
+                                               cfg.tsne_iterations)) for c in COMPARED}
+    path = plan.path("latent_tsne")
+    plots.latent_scatter({plan.labels[c]: tsne[c]() for c in COMPARED}, plan.test_labels[keep],
+                         plan.class_names, path, f"{plan.run.title}: t-SNE of the test latent "
+                         f"means ({len(keep)} images, perplexity {cfg.tsne_perplexity:g})",
+                         "t-SNE")
+    sil = plan.metric("silhouette", ".3f")
+    return plan.entry(path, "Latent space, t-SNE",
+                      f"t-SNE of the same {len(keep)} latent means: neighbourhoods kept, "
+                      f"distances between clusters not"
+                      + (f"; silhouette of the means by class {sil}." if sil else "."))
+
+
+def draw_latent_walks(plan: FigurePlan) -> list[FigureEntry]:
+    """Decoded walks from the latent means of two test images of different classes: the straight
+    line between them, then each dimension in turn around the first."""
+    (a, b), cfg, title = plan.pair, plan.cfg, plan.run.title
+    names = [plan.class_names[plan.test_labels[i]] for i in (a, b)]
     rows = {}
     for c in COMPARED:
-        alphas, z = latent.interpolation_latents(ev[c]["mu"][a], ev[c]["mu"][b],
+        alphas, z = latent.interpolation_latents(plan.ev[c]["mu"][a], plan.ev[c]["mu"][b],
                                                  cfg.interpolation_steps)
-        rows[labels[c]] = latent.decode_images(run.decoders[c], z)
-    pair = (class_names[test_labels[a]], class_names[test_labels[b]])
-    names, shown = [figure_text(n) for n in pair], [markdown_text(n) for n in pair]
-    path = out / f"{m}_interpolation.png"
-    grids.interpolation(rows, alphas, path, f"{title}: interpolation from {names[0]} "
-                          f"(test #{a}) to {names[1]} (test #{b}), alpha 0 to 1")
-    drawn.append(_entry(path, group, "Interpolation",
-                        f"Decoded (1 - alpha) mu_a + alpha mu_b in {cfg.interpolation_steps} "
-                        f"steps between the latent means of a {shown[0]} and a {shown[1]}."))
-
-    # -- traversals around the first endpoint's mean
+        rows[plan.labels[c]] = latent.decode_images(plan.run.decoders[c], z)
+    between = plan.path("interpolation")
+    grids.interpolation(rows, alphas, between, f"{title}: interpolation from "
+                        f"{figure_text(names[0])} (test #{a}) to {figure_text(names[1])} "
+                        f"(test #{b}), alpha 0 to 1")
     walks, row_labels = {}, {}
-    kls = {c: kl_per_dim(ev[c]["mu"], ev[c]["logvar"]) for c in COMPARED}
-    actives = {c: active_units(ev[c]["mu"]) for c in COMPARED}
     for c in COMPARED:
-        values, z = latent.traversal_latents(ev[c]["mu"][a], cfg.traversal_span,
+        values, z = latent.traversal_latents(plan.ev[c]["mu"][a], cfg.traversal_span,
                                              cfg.traversal_steps)
-        walks[labels[c]] = latent.decode_images(run.decoders[c], z)
-        row_labels[labels[c]] = [f"z{d} KL {k:.2f}{'' if on else ' (off)'}"
-                                 for d, (k, on) in enumerate(zip(kls[c], actives[c]))]
-    path = out / f"{m}_traversal.png"
-    grids.traversals(walks, values, row_labels, path,
-                       f"{title}: latent traversals around the mean of test #{a} "
-                       f"({names[0]}), one row per dimension")
-    drawn.append(_entry(path, group, "Latent traversals",
-                        f"Row d: the latent mean of test image #{a} with dimension d set to "
-                        f"{cfg.traversal_steps} values from -{cfg.traversal_span:g} to "
-                        f"+{cfg.traversal_span:g}; labels give each dimension's KL, '(off)' "
-                        f"marks inactive ones, whose rows do not change."))
+        walks[plan.labels[c]] = latent.decode_images(plan.run.decoders[c], z)
+        row_labels[plan.labels[c]] = [f"z{d} KL {k:.2f}{'' if on else ' (off)'}"
+                                      for d, (k, on) in enumerate(zip(*plan.latent_use[c]))]
+    around = plan.path("traversal")
+    grids.traversals(walks, values, row_labels, around, f"{title}: latent traversals around the "
+                     f"mean of test #{a} ({figure_text(names[0])}), one row per dimension")
+    return [plan.entry(between, "Interpolation",
+                       f"Decoded (1 - alpha) mu_a + alpha mu_b in {cfg.interpolation_steps} "
+                       f"steps between the latent means of a {markdown_text(names[0])} and a "
+                       f"{markdown_text(names[1])}."),
+            plan.entry(around, "Latent traversals",
+                       f"Row d: the latent mean of test image #{a} with dimension d set to "
+                       f"{cfg.traversal_steps} values from -{cfg.traversal_span:g} to "
+                       f"+{cfg.traversal_span:g}; labels give each dimension's KL, '(off)' "
+                       f"marks inactive ones, whose rows do not change.")]
 
-    # -- KL per dimension, active units marked
-    path = out / f"{m}_kl_per_dim.png"
-    plots.kl_per_dimension({labels[c]: (kls[c], actives[c]) for c in COMPARED}, path,
-                             f"{title}: KL per latent dimension on the test set",
-                             ACTIVE_THRESHOLD)
-    counts = " -> ".join(f"{int(actives[c].sum())}/{z_dim}" for c in COMPARED)
-    drawn.append(_entry(path, group, "KL per latent dimension",
-                        f"Mean KL(q(z_u|x) || N(0, 1)) of each dimension over the test set; "
-                        f"active units (Var_x(mu_u) > {ACTIVE_THRESHOLD:g}) {counts}."))
 
-    # -- the posterior at a glance (seed 004)
+def draw_kl_per_dim(plan: FigurePlan) -> FigureEntry:
+    """KL per latent dimension on the test set, active units marked."""
+    path = plan.path("kl_per_dim")
+    plots.kl_per_dimension({plan.labels[c]: plan.latent_use[c] for c in COMPARED}, path,
+                           f"{plan.run.title}: KL per latent dimension on the test set",
+                           ACTIVE_THRESHOLD)
+    z_dim = plan.ev["best"]["mu"].shape[1]
+    counts = " -> ".join(f"{int(plan.latent_use[c][1].sum())}/{z_dim}" for c in COMPARED)
+    return plan.entry(path, "KL per latent dimension",
+                      f"Mean KL(q(z_u|x) || N(0, 1)) of each dimension over the test set; "
+                      f"active units (Var_x(mu_u) > {ACTIVE_THRESHOLD:g}) {counts}.")
+
+
+def draw_posterior(plan: FigurePlan) -> FigureEntry:
+    """Histograms of the encoder's mu, sigma and a sampled z beside the prior (recipe 004)."""
     panels = {}
     for c in COMPARED:
-        sigma, z = latent.posterior_samples(ev[c]["mu"], ev[c]["logvar"], seed)
-        panels[labels[c]] = (ev[c]["mu"], sigma, z, actives[c])
-    prior = np.random.default_rng(seed).standard_normal(20_000)
-    path = out / f"{m}_posterior.png"
-    plots.posterior_histograms(panels, prior, path,
-                                 f"{title}: encoder outputs over the test set and the prior")
-    drawn.append(_entry(path, group, "Posterior at a glance",
-                        "Histograms over all test images and latent dimensions of the encoder's "
-                        "mu, sigma and one reparameterized sample z = mu + sigma * eps, beside "
-                        "the N(0, 1) prior; inactive dimensions sit at mu = 0, sigma = 1."))
+        sigma, z = latent.posterior_samples(plan.ev[c]["mu"], plan.ev[c]["logvar"], plan.seed)
+        panels[plan.labels[c]] = (plan.ev[c]["mu"], sigma, z, plan.latent_use[c][1])
+    best = plan.run.decoders["best"]
+    prior = best.prior.pooled_draws(20_000, plan.seed, best.encode)
+    path = plan.path("posterior")
+    plots.posterior_histograms(panels, prior, path, f"{plan.run.title}: encoder outputs over "
+                               "the test set and the prior")
+    return plan.entry(path, "Posterior at a glance",
+                      "Histograms over all test images and latent dimensions of the encoder's "
+                      "mu, sigma and one reparameterized sample z = mu + sigma * eps, beside "
+                      "the N(0, 1) prior; inactive dimensions sit at mu = 0, sigma = 1.")
 
-    # -- frozen latents (seed 002, section 9), best checkpoint
-    best = ev["best"]
-    path = out / f"{m}_frozen_latents.png"
+
+def draw_frozen_latents(plan: FigurePlan) -> FigureEntry:
+    """Recipe 002's section 9 on the best checkpoint: samples with mu = 0 and a fixed sigma."""
+    best = plan.ev["best"]
+    path = plan.path("frozen_latents")
     grids.frozen_latents(best["frozen"], best["frozen_sigmas"].tolist(), path,
-                           f"{title}, {labels['best']}: samples with the latent frozen at "
-                           f"mu = 0 and a fixed sigma")
-    drawn.append(_entry(path, group, "Frozen latent parameters",
-                        "Seed 002's experiment on the best checkpoint: z ~ N(0, I) beside "
-                        "z = sigma * eps with sigma in "
-                        f"{{{', '.join(f'{s:g}' for s in best['frozen_sigmas'])}}}; small sigma "
-                        "gives near-identical images, large sigma diverse ones."))
+                         f"{plan.run.title}, {plan.labels['best']}: samples with the latent "
+                         f"frozen at mu = 0 and a fixed sigma")
+    return plan.entry(path, "Frozen latent parameters",
+                      f"Recipe 002's experiment on the best checkpoint: z ~ {plan.prior_title} "
+                      "beside "
+                      "z = sigma * eps with sigma in "
+                      f"{{{', '.join(f'{s:g}' for s in best['frozen_sigmas'])}}}; small sigma "
+                      "gives near-identical images, large sigma diverse ones.")
 
-    # -- loss curves
-    if run.history is not None:
-        path = out / f"{m}_loss_curves.png"
-        plots.loss_curves(run.history, path, f"{title}: loss per epoch (train: the epoch's "
-                            "KL weight; validation: the target weight)", run.best_epoch)
-        drawn.append(_entry(path, group, "Loss curves",
-                            "Total, reconstruction and KL per epoch on the training and "
-                            "validation sets; the dashed grey line (right axis) is the KL "
-                            "weight, so a warm-up shows as a ramp."))
-    # -- t-SNE of the same subsample, drawn last (see the docstring)
-    if tsne is None:
-        tsne = {c: (lambda c=c: latent.tsne_2d(ev[c]["mu"][keep], seed, cfg.tsne_perplexity,
-                                               cfg.tsne_iterations)) for c in COMPARED}
-    path = out / f"{m}_latent_tsne.png"
-    plots.latent_scatter({labels[c]: tsne[c]() for c in COMPARED}, test_labels[keep],
-                           class_names, path, f"{title}: t-SNE of the test latent means "
-                           f"({len(keep)} images, perplexity {cfg.tsne_perplexity:g})", "t-SNE")
-    sil = _metric(run, "silhouette", ".3f")
-    drawn.insert(tsne_at, _entry(
-        path, group, "Latent space, t-SNE",
-        f"t-SNE of the same {len(keep)} latent means: neighbourhoods kept, distances between "
-        f"clusters not" + (f"; silhouette of the means by class {sil}." if sil else ".")))
+
+def draw_loss_curves(plan: FigurePlan) -> list[FigureEntry]:
+    """The training history's losses per epoch with the KL weight; none without a history."""
+    if plan.run.history is None:
+        return []
+    path = plan.path("loss_curves")
+    plots.loss_curves(plan.run.history, path, f"{plan.run.title}: loss per epoch (train: the "
+                      "epoch's KL weight; validation: the target weight)", plan.run.best_epoch)
+    return [plan.entry(path, "Loss curves",
+                       "Total, reconstruction and KL per epoch on the training and validation "
+                       "sets; the dashed grey line (right axis) is the KL weight, so a warm-up "
+                       "shows as a ramp.")]
+
+
+def draw_model(run: ModelRun, test_images: np.ndarray, test_labels: np.ndarray,
+               class_names: Sequence[str], cfg: VisualizeConfig, seed: int,
+               out_dir: str | Path, tsne: Embeddings | None = None) -> list[FigureEntry]:
+    """Every per-model figure, epoch 1 beside best; returns what was drawn, in report order.
+
+    ``test_images`` are the test split's uint8 images (N, C, H, W), ``test_labels`` its labels.
+    ``tsne`` may give, per checkpoint, a function returning the t-SNE embedding of the latent
+    means at :func:`scatter_indices` (e.g. a running future's ``result``); by default they are
+    computed here. The t-SNE figure is drawn last, so such work can overlap the others.
+    """
+    plan = FigurePlan(run, test_images, test_labels, class_names, cfg, seed, Path(out_dir))
+    drawn = [draw_reconstructions(plan), *draw_prior_samples(plan), draw_latent_pca(plan)]
+    tsne_at = len(drawn)
+    drawn += [*draw_latent_walks(plan), draw_kl_per_dim(plan), draw_posterior(plan),
+              draw_frozen_latents(plan), *draw_loss_curves(plan)]
+    drawn.insert(tsne_at, draw_latent_tsne(plan, tsne))
     return drawn
 
 
@@ -314,14 +386,14 @@ def draw_overview(histories: Mapping[str, Mapping[str, np.ndarray]], train_image
     path = out / "training_images.png"
     grids.class_examples(train_images.astype(np.float32) / 255.0, train_labels, class_names,
                            path, f"{figure_text(dataset)}: training images, one row per class")
-    drawn.append(_entry(path, "Data and training", "Training images",
-                        "Eight training images of each class with the class name "
-                        "(seed 002's sanity check of the loaded data)."))
+    drawn.append(FigureEntry(path, "Data and training", "Training images",
+                             "Eight training images of each class with the class name "
+                             "(recipe 002's sanity check of the loaded data)."))
     if histories:
         path = out / "val_nelbo.png"
         plots.validation_nelbo(
             {model_title(m): (h["epoch"], h["val_nelbo"]) for m, h in histories.items()},
             path, "Validation NELBO per epoch")
-        drawn.append(_entry(path, "Data and training", "Validation NELBO",
-                            "Validation NELBO (KL weight 1) of both models per epoch."))
+        drawn.append(FigureEntry(path, "Data and training", "Validation NELBO",
+                                 "Validation NELBO (KL weight 1) of both models per epoch."))
     return drawn

@@ -1,4 +1,4 @@
-"""The seeds' image-grid figures (samples, reconstructions, walks), and what every figure shares.
+"""The recipes' image-grid figures (samples, reconstructions, walks), and what every figure shares.
 
 Every figure function (here and in :mod:`vaepipe.figures.plots`) is pure: arrays (images in
 [0, 1] as ``(..., C, H, W)``, latent codes, per-epoch histories) in, a PNG written atomically
@@ -241,7 +241,7 @@ def traversals(grids: Mapping[str, np.ndarray], values: Sequence[float],
 
 def frozen_latents(frozen: np.ndarray, sigmas: Sequence[float], path: str | Path,
                    title: str, side: int = 8) -> Path:
-    """Seed 002's frozen-latent grids: the N(0, I) baseline, then mu = 0 with each sigma.
+    """Recipe 002's frozen-latent grids: the N(0, I) baseline, then mu = 0 with each sigma.
 
     ``frozen`` is (1 + len(sigmas), n, C, H, W); each condition becomes a side x side panel.
     """
@@ -255,7 +255,7 @@ def frozen_latents(frozen: np.ndarray, sigmas: Sequence[float], path: str | Path
 
 def class_examples(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                    path: str | Path, title: str, per_class: int = 8) -> Path:
-    """Real images, one row per class labelled with its name (seed 002's sanity check)."""
+    """Real images, one row per class labelled with its name (recipe 002's sanity check)."""
     rows, names = [], []
     for c, name in enumerate(class_names):
         idx = np.flatnonzero(labels == c)[:per_class]

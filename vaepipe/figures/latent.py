@@ -17,7 +17,7 @@ def pca_2d(x: np.ndarray, fit_on: np.ndarray | None = None) -> tuple[np.ndarray,
     """Project ``x`` (N, Z) on the first two principal components of ``fit_on`` (default x).
 
     Returns ``(coords (N, 2), explained (2,))``, ``explained`` being each component's share of
-    the total variance of ``fit_on`` (what seed 001 reports as "explained variance").
+    the total variance of ``fit_on`` (what recipe 001 reports as "explained variance").
     """
     x = np.asarray(x, np.float64)
     ref = x if fit_on is None else np.asarray(fit_on, np.float64)

@@ -1,4 +1,4 @@
-"""The seeds' plots: latent scatter, loss curves, KL per dimension, posterior histograms.
+"""The recipes' plots: latent scatter, loss curves, KL per dimension, posterior histograms.
 
 Drawn like the grids of :mod:`vaepipe.figures.grids` (arrays in, one PNG out, the Agg canvas,
 no pyplot), laid out with fixed margins in pixels rather than matplotlib's constrained layout,
@@ -175,7 +175,7 @@ def _density(values: np.ndarray, bins: np.ndarray, total: int) -> np.ndarray:
 def posterior_histograms(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray,
                                                      np.ndarray]],
                          prior_samples: np.ndarray, path: str | Path, title: str) -> Path:
-    """Seed 004's reparameterization figure on real encoder outputs, a row per checkpoint.
+    """Recipe 004's reparameterization figure on real encoder outputs, a row per checkpoint.
 
     ``panels`` maps a row title to ``(mu (N, Z), sigma (N, Z), z (N, Z), active (Z,))``. The
     first column shows samples of the prior N(0, 1); the others histograms over all test

@@ -93,10 +93,11 @@ def _relative(path: Path, report_dir: Path) -> str:
     return Path(os.path.relpath(path, report_dir)).as_posix()
 
 
-# The headline numbers of the report's first table: (evaluate.json key, header, format)
+# The headline numbers of the report's first table: (evaluate.json key, header, format). What
+# each one is: METRIC_ROWS in vaepipe/evaluate/summary.py, rendered in evaluation.md.
 HEADLINE = (("bpd_8bit", "bits/dim, 8-bit", ".3f"), ("nelbo", "test NELBO (nats)", ".2f"),
-            ("iwae_nll", "IWAE bound (nats)", ".2f"), ("bpd", "bits/dim (seed 000)", ".4f"), ("fid", "FID", ".1f"),
-            ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+            ("iwae_nll", "IWAE bound (nats)", ".2f"), ("bpd", "bits/dim (recipe 000)", ".4f"),
+            ("fid", "FID", ".1f"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
             ("active_units", "active units", "d"), ("probe_accuracy", "probe accuracy", ".3f"))
 HEADLINE_CHECKPOINTS = ("epoch_01", "best")
 
@@ -113,7 +114,7 @@ def noise_line(noise: Mapping[str, Any]) -> str:
     labels = {key: header.split(" (")[0] for key, header, _ in HEADLINE}
     parts = []
     for metric, spread in noise["metrics"].items():
-        kind, _, key = metric.split(".", 2)
+        kind, _, key = metric.split(".", 2) if metric.count(".") >= 2 else (metric, "", "")
         label = f"{model_title(kind)} {labels.get(key, key)}" if kind in MODELS else metric
         parts.append(f"{label} {spread['single_run_difference']:.3g}")
     seeds = ", ".join(str(s) for s in noise["seeds"])
@@ -123,10 +124,8 @@ def noise_line(noise: Mapping[str, Any]) -> str:
     return (f"**Seed noise.** Over {len(noise['seeds'])} seeds ({seeds}) of {where} "
             f"(`make compare`, `reports/noise.json`), two single runs differ by up to "
             f"{'; '.join(parts)} from the seed alone (95 %): smaller differences are noise. "
-            f"The ± in the table is a test-set standard error: how far this test set may put "
-            f"a model's score from its value on the whole distribution (for FID, precision and "
-            f"recall: the spread over fresh prior draws). Every run shares the test images, so "
-            f"it is not the noise of a difference between runs.")
+            f"The ± in the table is a test-set standard error, not this noise (Evaluation, "
+            f"below, says what it is).")
 
 
 def noise_applies(noise: Mapping[str, Any], changed: Sequence[tuple[str, Any, Any]]) -> bool:
@@ -149,9 +148,7 @@ def baselines_line(results: Mapping[str, Mapping[str, Mapping[str, float]]],
     return (f"**Against codecs.** The same test images cost {rates} bits/dim (PNG per image, "
             f"xz over the whole set, a per-pixel histogram of the training split). At its best "
             f"checkpoint, " + ("; ".join(verdicts) if verdicts else
-                               "no model has an 8-bit rate (binarized data)") + ". "
-            "Seed 000's bits/dim is NELBO / (D ln 2), a rate only where the likelihood is "
-            "one (not the Bernoulli's on grey levels).")
+                               "no model has an 8-bit rate (binarized data)") + ".")
 
 
 def results_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
@@ -188,7 +185,7 @@ def made_from(info: RunInfo) -> str:
         n = len(info.changed_params)
         params = f"{n} param{'s' if n > 1 else ''} differing from the defaults: {params}"
     else:
-        params = "the default params (the seeds' recipes)"
+        params = "the default params (the recipes)"
     return f"**Made from** {commit}, with {params}."
 
 
@@ -202,7 +199,7 @@ def _what_was_run(info: RunInfo) -> list[str]:
     lines += [f"| checkpoints drawn, {model} | {text} |"
               for model, text in info.checkpoints.items()]
     if not info.changed_params:
-        lines.append("| params differing from the defaults | none: the seeds' recipes "
+        lines.append("| params differing from the defaults | none: the recipes "
                      "(`vaepipe/config.py`) |")
         return lines
     lines += [f"| params differing from the defaults | {len(info.changed_params)}, listed "
@@ -235,12 +232,13 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
     report_dir = Path(report_dir)
     lines = [f"# VAE report: {markdown_text(info.dataset)}", "", made_from(info), "",
              "What the models draw and how well they score come first, then what was run, every "
-             "table and every figure of the seeds, the first epoch beside the best one. Written "
+             "table and every figure of the recipes, the first epoch beside the best one. Written "
              "by the `visualize` stage of `dvc repro` from the saved outputs of training, "
              "`evaluate` and the beta sweep; `report.html` is the same page in one file that "
              "opens offline.", "", "## At a glance", "",
              "Each model after its first epoch and at its best validation loss, on the test set "
-             "(details and how each number is computed: Evaluation, below)."]
+             "(what each number means and how it is computed: *How each number is computed* "
+             "under Evaluation, below)."]
     for entry in (e for e in figure_entries if e.headline):
         lines += _figure_lines(entry, report_dir)
     if results:
@@ -266,7 +264,7 @@ def build_markdown(info: RunInfo, figure_entries: Sequence[FigureEntry], report_
                  "beta sweep)._")
     if sweep_gifs:
         lines += ["", "Latent means of test images through training, one GIF per beta "
-                  "(seed 002's latent-evolution animation):", ""]
+                  "(recipe 002's latent-evolution animation):", ""]
         lines += ["| " + " | ".join(f"beta {b}" for b in sweep_gifs) + " |",
                   "|" + "---|" * len(sweep_gifs),
                   "| " + " | ".join(f"![latent evolution, beta {b}]({_relative(p, report_dir)})"
