@@ -6,7 +6,9 @@ Sources (see :func:`vaepipe.data.sources.fetch_raw`): ``data.mirror``, the stand
 then the official download. With ``data.dataset: folder`` it ingests the image folder
 ``data.path`` instead (:func:`vaepipe.data.folder.ingest_folder`): ``images.npz`` and a manifest
 of every file used and skipped. Exit codes: 0 done, 1 no source worked (or the folder holds no
-usable image), 2 bad params or arguments.
+usable image), 2 bad params or arguments (an ``--out`` that is a file, or whose parent cannot be
+created). An image that cannot be used (corrupt, truncated, over Pillow's decompression-bomb
+limit) is a counted skip with its reason in the manifest, never a stop.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from vaepipe.config import ConfigError, load_params
 from vaepipe.data.catalog import DataError
 from vaepipe.data.folder import ingest_folder
 from vaepipe.data.sources import fetch_raw
+from vaepipe.io import OutputPathError, check_output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
+        check_output(args.out, "--out", folder=True)
         params = load_params(args.params)
-    except ConfigError as exc:
+    except (ConfigError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

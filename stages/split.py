@@ -21,7 +21,7 @@ from vaepipe.data.arrays import load_splits
 from vaepipe.data.baselines import baseline_rates
 from vaepipe.data.catalog import DataError
 from vaepipe.data.split import write_split
-from vaepipe.io import write_json
+from vaepipe.io import OutputPathError, check_output, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
+        check_output(args.out, "--out", folder=True)
+        for flag, path in (("--metrics", args.metrics), ("--baselines", args.baselines)):
+            check_output(path, flag)
         params = load_params(args.params)
-    except ConfigError as exc:
+    except (ConfigError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     data = params.data

@@ -18,7 +18,7 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import read_class_names
 from vaepipe.data.names import dataset_label, resolve_classes
-from vaepipe.io import atomic_path, write_json, write_text
+from vaepipe.io import OutputPathError, atomic_path, check_output, write_json, write_text
 from vaepipe.sweep.table import collect_runs, curves, markdown, metrics_tree, table
 
 
@@ -35,12 +35,14 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
+        for flag in ("csv", "markdown", "json", "curves"):
+            check_output(getattr(args, flag), f"--{flag}")
         params = load_params(args.params)
         runs = collect_runs(args.metrics, args.histories, params.sweep.betas)
         tree = metrics_tree(runs)
         names = read_class_names(args.data)
         classes = resolve_classes(params.sweep.classes, names, str(args.data))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, OutputPathError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

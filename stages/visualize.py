@@ -1,4 +1,4 @@
-"""DVC stage visualize: every figure of the seeds and the report, from what earlier stages saved.
+"""DVC stage visualize: every figure of the recipes and the report, from what earlier stages saved.
 
     python stages/visualize.py --data data/processed/fashion-mnist --models models \
         --evaluate data/evaluate --evaluate-json reports/evaluate.json \
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,19 +27,83 @@ from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models
                                      load_evaluation)
 from vaepipe.figures.report import (RunInfo, build_markdown, changed_params, git_revision,
                                     markdown_to_html, pipeline_files)
-from vaepipe.io import write_text
+from vaepipe.io import OutputPathError, check_output, json_at, read_json, write_text
 from vaepipe.models.vae import MODELS, model_title
 from vaepipe.train.checkpoints import CheckpointError, load_checkpoint
 
+# prior-sample grid sides where a model's differ from ModelRun's: recipe 004 drew its MLP's 10x10
+SAMPLE_SIDES = {"mlp": (4, 8, 10)}
+
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]} if rows else {}
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]} if rows else {}
+    except (OSError, csv.Error, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a training history of numbers ({exc})") from None
 
 
 def read_optional(path: Path) -> str | None:
-    return path.read_text() if path.is_file() else None
+    try:
+        return path.read_text() if path.is_file() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not readable text ({exc})") from None
+
+
+def read_object(path: Path | None, *keys: str) -> dict | None:
+    """The JSON object in file ``path`` (or at ``keys`` in it); None without such a file. A
+    file that is not JSON, or holds another shape there, raises InputError naming it."""
+    if path is None or not path.is_file():
+        return None
+    return json_at(read_json(path, InputError), str(path), *keys, error=InputError)
+
+
+def read_noise(path: Path | None) -> dict | None:
+    """``reports/noise.json`` as `make compare` writes it (None when absent)."""
+    noise = read_object(path)
+    if noise is not None:
+        json_at(noise, str(path), "seeds", kind=list, error=InputError)
+        for metric in json_at(noise, str(path), "metrics", error=InputError) or {}:
+            spread = json_at(noise, str(path), "metrics", metric, "single_run_difference",
+                             kind=(int, float), error=InputError)
+            if spread is None or metric.count(".") < 2:
+                raise InputError(f"{path}: metrics.{metric}: expected a key model.checkpoint."
+                                 f"metric holding a number single_run_difference")
+    return noise
+
+
+def checkpoint_epochs(path: Path, ckpt: dict, model: str) -> tuple[int, int]:
+    """The epoch a checkpoint was saved at and the epochs its training ran for."""
+    epoch = json_at(ckpt, str(path), "epoch", kind=int, error=CheckpointError)
+    epochs = json_at(ckpt, str(path), "params", model, "epochs", kind=int, error=CheckpointError)
+    if epoch is None or epochs is None:
+        raise CheckpointError(f"{path}: no epoch or params.{model}.epochs; visualize reads the "
+                              f"checkpoints the train stage writes")
+    return epoch, epochs
+
+
+def model_runs(args: argparse.Namespace, metrics: dict, test_y: np.ndarray) -> list[tuple]:
+    """Each model's (ModelRun, training report, best checkpoint), from what earlier stages
+    saved; a file that does not hold what they write raises an error naming it."""
+    runs = []
+    for m in MODELS:
+        evaluations = {c: load_evaluation(args.evaluate / m / f"{c}.npz", test_y)
+                       for c in COMPARED}
+        loaded = {c: load_checkpoint(args.models / m / f"{c}.pt") for c in COMPARED}
+        history_path = args.train_reports / f"{m}_history.csv"
+        train = read_object(args.train_reports / f"{m}.json") or {}
+        runs.append((ModelRun(
+            name=m, evaluations=evaluations,
+            decoders={c: model for c, (model, _) in loaded.items()},
+            epochs={c: checkpoint_epochs(args.models / m / f"{c}.pt", ckpt, m)[0]
+                    for c, (_, ckpt) in loaded.items()},
+            history=read_history(history_path) if history_path.is_file() else None,
+            best_epoch=train.get("best_epoch"),
+            metrics=json_at(metrics, str(args.evaluate_json), m, error=InputError) or {},
+            sample_sides=SAMPLE_SIDES.get(m, ModelRun.sample_sides)),
+            train, loaded["best"][1]))
+    return runs
 
 
 def main(argv=None) -> int:
@@ -54,30 +117,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:
+        check_output(args.figures, "--figures", folder=True)
+        for flag, path in (("--report", args.report), ("--html", args.html)):
+            check_output(path, flag)
         params = load_params(args.params)
         class_names = read_class_names(args.data)
         test_x, test_y = load_split(args.data, "test")
         train_x, train_y = load_split(args.data, "train")
-        metrics = json.loads(args.evaluate_json.read_text()) if args.evaluate_json.is_file() else {}
-        noise = (json.loads(args.noise.read_text())
-                 if args.noise is not None and args.noise.is_file() else None)
+        metrics = read_object(args.evaluate_json) or {}
+        noise = read_noise(args.noise)
         baselines = read_baselines(args.baselines) if args.baselines is not None else None
-        runs = []
-        for m in MODELS:
-            evaluations = {c: load_evaluation(args.evaluate / m / f"{c}.npz", test_y)
-                           for c in COMPARED}
-            loaded = {c: load_checkpoint(args.models / m / f"{c}.pt") for c in COMPARED}
-            history_path = args.train_reports / f"{m}_history.csv"
-            train_json = args.train_reports / f"{m}.json"
-            train = json.loads(train_json.read_text()) if train_json.is_file() else {}
-            runs.append((ModelRun(
-                name=m, evaluations=evaluations,
-                decoders={c: model for c, (model, _) in loaded.items()},
-                epochs={c: ckpt["epoch"] for c, (_, ckpt) in loaded.items()},
-                history=read_history(history_path) if history_path.is_file() else None,
-                best_epoch=train.get("best_epoch"), metrics=metrics.get(m, {})),
-                train, loaded["best"][1]))
-    except (ConfigError, DataFormatError, InputError, CheckpointError, ValueError) as exc:
+        runs = model_runs(args, metrics, test_y)
+        texts = read_optional(args.evaluation_md), read_optional(args.sweep_md)
+    except (ConfigError, DataFormatError, InputError, CheckpointError, OutputPathError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -104,10 +157,8 @@ def main(argv=None) -> int:
     gifs = {p.parent.name.removeprefix("beta_"): p
             for p in sorted(args.sweep_dir.glob("beta_*/latent.gif"),
                             key=lambda p: float(p.parent.name.removeprefix("beta_")))}
-    markdown = build_markdown(info, entries, args.report.parent,
-                              read_optional(args.evaluation_md), read_optional(args.sweep_md),
-                              gifs, {k: v for k, v in metrics.items() if k in MODELS}, noise,
-                              baselines)
+    markdown = build_markdown(info, entries, args.report.parent, *texts, gifs,
+                              {k: v for k, v in metrics.items() if k in MODELS}, noise, baselines)
     write_text(args.report, markdown)
     write_text(args.html, markdown_to_html(markdown, args.report.parent,
                                            f"VAE report: {dataset_label(params.data)}"))

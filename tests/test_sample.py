@@ -103,7 +103,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(checkpoints, pictures, tmp_pa
         ([checkpoints["grey"], "reconstruct", tmp_path / "missing"], "no such file or folder"),
         ([tmp_path / "missing.pt", "prior"], "missing.pt: not found"),
         ([checkpoints["grey"], "interpolate", pictures / "a.png", pictures / "b.jpg",
-          "--steps", 1], "--steps must be >= 2, got 1"),
+          "--steps", 1], "--steps must be from 2 to 1,000"),
     ]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     cases.append(([checkpoints["grey"], "encode", tmp_path / "broken.png"],

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from vaepipe.config import Params, flatten, to_dict
-from vaepipe.io import write_json
+from vaepipe.io import JSON_TYPES, check_output, json_at, read_json, write_json
 
 # what the README's results table reports, each model at its best validation loss
 DEFAULT_METRICS = ("mlp.best.bpd_8bit", "conv.best.bpd_8bit", "mlp.best.nelbo",
@@ -89,31 +89,35 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _run(entry: dict, label: str, baseline: str) -> Run | None:
-    data = entry.get("data") or {}
+def _run(entry: dict, label: str, baseline: str, where: str) -> Run | None:
+    data = json_at(entry, where, "data") or {}
     metrics: dict = {}
-    for found in (data.get("metrics") or {}).values():
-        metrics.update(flatten(found.get("data") or {}))
-    params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
+    for name, found in (json_at(data, f"{where}.data", "metrics") or {}).items():
+        metrics.update(flatten(json_at(found, f"{where}.data.metrics.{name}", "data") or {}))
+    params = flatten(json_at(data, f"{where}.data", "params", "params.yaml", "data") or {})
     if not metrics or entry.get("error"):
         return None  # queued, running, failed: nothing to compare yet
     return Run(label, baseline, params, metrics)
 
 
-def runs_from_exp_show(shown: list) -> list[Run]:
+def runs_from_exp_show(shown: list, source: str | Path = "input") -> list[Run]:
     """Every finished run of ``dvc exp show --json``: the workspace (unless it is the same run
     as HEAD), each commit row and each experiment; queued, running and failed ones are left
-    out."""
+    out. JSON of another shape raises ValueError naming ``source`` and the place."""
+    at = f"{source}: not `dvc exp show --json` output at "
+    if not isinstance(shown, list):
+        raise ValueError(f"{at}the top: expected a list, found {JSON_TYPES.get(type(shown))}")
     runs: list[Run] = []
     workspace = None
-    for row in shown:
-        rev = str(row.get("rev", ""))
+    for i, row in enumerate(shown):
+        if (rev := json_at(row, f"{at}[{i}]", "rev", kind=str)) is None:
+            raise ValueError(f"{at}[{i}]: no \"rev\" (a commit or \"workspace\")")
         if rev == "workspace":
-            workspace = _run(row, "workspace", "")
+            workspace = _run(row, "workspace", "", f"{at}[{i}]")
             if workspace is not None:
                 workspace.workspace = True
             continue
-        commit = _run(row, rev[:7], rev)
+        commit = _run(row, rev[:7], rev, f"{at}[{i}]")
         if workspace is not None:
             workspace.baseline = rev
             if commit is None or (workspace.params, workspace.metrics) != (commit.params,
@@ -124,9 +128,12 @@ def runs_from_exp_show(shown: list) -> list[Run]:
             workspace = None
         if commit is not None:
             runs.append(commit)
-        for exp in row.get("experiments") or []:
-            for revision in exp.get("revs") or []:
-                found = _run(revision, revision.get("name") or str(revision.get("rev"))[:7], rev)
+        for j, exp in enumerate(json_at(row, f"{at}[{i}]", "experiments", kind=list) or []):
+            place = f"{at}[{i}].experiments[{j}]"
+            for k, revision in enumerate(json_at(exp, place, "revs", kind=list) or []):
+                name = json_at(revision, f"{place}.revs[{k}]", "name", kind=str)
+                found = _run(revision, name or str(revision.get("rev"))[:7], rev,
+                             f"{place}.revs[{k}]")
                 if found is not None:
                     runs.append(found)
     if workspace is not None:  # no commit rows (a repository without experiments)
@@ -218,6 +225,7 @@ def judge(groups: Sequence[Group], baseline: Group, metrics: Sequence[str]) -> l
                 continue
             mean, half = interval(values)
             se = group.runs[0].metrics.get(f"{metric}_se") if len(values) == 1 else None
+            se = se if _number(se) else None
             row = Row(group, metric, len(values), mean, half, se)
             if group is not baseline and len(values) > 1 and len(base) > 1:
                 row.diff, row.diff_half, row.p = welch(values, base)
@@ -318,6 +326,26 @@ def noise(baseline: Group, metrics: Sequence[str]) -> dict:
     return out
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def read_shown(path: Path | None, num: int) -> Any:
+    """The JSON of a saved `dvc exp show --json` (``path``) or of running it (``-n num``); an
+    unreadable file or a failing dvc raises ValueError in one line."""
+    if path is not None:
+        return read_json(path)
+    try:
+        proc = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(num)],
+                              capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)
+    except subprocess.CalledProcessError as exc:
+        raise ValueError(f"`dvc exp show --json` failed: {' '.join(exc.stderr.split())}") from None
+    except (OSError, RecursionError, json.JSONDecodeError) as exc:
+        raise ValueError(f"`dvc exp show --json`: cannot run or read it ({exc})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vaepipe.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,29 +360,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--noise", type=Path, help="also write the baseline group's spread over "
                     "seeds here (reports/noise.json: the report states it)")
     args = ap.parse_args(argv)
-    if args.json is not None:
-        try:
-            shown = json.loads(args.json.read_text())
-        except (OSError, ValueError) as exc:
-            print(f"error: {args.json}: {exc}", file=sys.stderr)
-            return 2
-    else:
-        proc = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(args.num)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"error: `dvc exp show --json` failed: {proc.stderr.strip()}", file=sys.stderr)
-            return 2
-        shown = json.loads(proc.stdout)
-    runs = runs_from_exp_show(shown)
+    try:
+        for flag, path in (("--png", args.png), ("--noise", args.noise)):
+            if path is not None:
+                check_output(path, flag)
+        runs = runs_from_exp_show(read_shown(args.json, args.num),
+                                  args.json or "`dvc exp show --json`")
+    except ValueError as exc:  # OutputPathError, or input that is not dvc's JSON
+        return _fail(str(exc))
     groups = group_runs(runs)
     if not groups:
-        print("error: `dvc exp show` has no finished run with metrics", file=sys.stderr)
-        return 2
+        return _fail("`dvc exp show` has no finished run with metrics")
     names = {g.name: g for g in groups}
     if args.baseline is not None and args.baseline not in names:
-        print(f"error: --baseline must be one of {', '.join(names)}, got {args.baseline!r}",
-              file=sys.stderr)
-        return 2
+        return _fail(f"--baseline must be one of {', '.join(names)}, got {args.baseline!r}")
     workspace = next((g for g in groups for r in g.runs if r.workspace), None)
     baseline = names[args.baseline] if args.baseline else (workspace or groups[0])
     metrics = args.metrics or [m for m in DEFAULT_METRICS
@@ -362,19 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in metrics if not any(m in r.metrics for r in runs)]
     if unknown or not metrics:
         known = sorted(k for k in runs[0].metrics if _number(runs[0].metrics[k]))
-        print(f"error: --metric {', '.join(unknown) or '(none)'} is in no run's metrics; "
-              f"known: {', '.join(known[:12])}, ...", file=sys.stderr)
-        return 2
+        return _fail(f"--metric {', '.join(unknown) or '(none)'} is in no run's metrics; "
+                     f"known: {', '.join(known[:12])}, ...")
     rows = judge(groups, baseline, metrics)
     print(markdown(groups, baseline, rows), end="")
+    spread = noise(baseline, metrics) if args.noise is not None else None
+    if spread is not None and not spread["metrics"]:
+        return _fail(f"--noise needs two or more seeds in the baseline group {baseline.name}")
     if args.png is not None:
         plot(groups, rows, args.png)
-    if args.noise is not None:
-        spread = noise(baseline, metrics)
-        if not spread["metrics"]:
-            print(f"error: --noise needs two or more seeds in the baseline group "
-                  f"{baseline.name}", file=sys.stderr)
-            return 2
+    if spread is not None:
         write_json(args.noise, spread)
     return 0
 

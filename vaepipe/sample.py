@@ -11,6 +11,8 @@ white, grey or RGB as the model's channels, centre crop, Lanczos resize to the m
 Images are the mean images of the model's likelihood, tiled with 2-pixel white gaps at one image
 pixel per screen pixel. ``--seed`` fixes the prior draws; the same arguments give the same bytes.
 Exit codes: 0 done, 2 a bad checkpoint, image or argument (one line on stderr, nothing written).
+Size-like flags are bounded (:data:`LIMITS`) so that a typo of a few zeros is refused at once
+instead of running for hours or exhausting memory; ``--out`` is checked before any work.
 """
 from __future__ import annotations
 
@@ -26,12 +28,20 @@ from PIL import Image
 from vaepipe.data.images import ImageInputError, load_images
 from vaepipe.figures.grids import as_grid, mosaic
 from vaepipe.figures.latent import decode_images, interpolation_latents
-from vaepipe.io import write_bytes, write_npz
+from vaepipe.io import OutputPathError, check_output, write_bytes, write_npz
 from vaepipe.models.batches import device_of, encode
 from vaepipe.train.checkpoints import CheckpointError, load_checkpoint
 from vaepipe.train.device import DeviceError, resolve_device
 
 BATCH = 250
+# each bounded flag: least, most, and why the most (shown in --help and in the error)
+LIMITS = {
+    "n": (1, 10_000, "a 100 x 100 grid: about 20 s on one CPU core and a 100 MB PNG at "
+                     "64 x 64 RGB"),
+    "cols": (1, 1_000, "a row of 1,000 images is already 66,000 pixels wide at 64 px"),
+    "steps": (2, 1_000, "one row of 1,002 images, 66,000 pixels wide at 64 px"),
+    "seed": (-2 ** 63, 2 ** 64 - 1, "the seeds torch.Generator takes"),
+}
 
 
 def png_bytes(tiles: np.ndarray) -> bytes:
@@ -43,10 +53,15 @@ def png_bytes(tiles: np.ndarray) -> bytes:
 
 
 def prior(model, n: int, cols: int, seed: int) -> np.ndarray:
-    """``n`` mean images decoded from z ~ N(0, I), drawn on the CPU with ``seed``: (rows, cols,
-    C, H, W), the same on every device."""
-    z = torch.randn((n, model.latent_dim), generator=torch.Generator().manual_seed(seed))
+    """``n`` mean images decoded from z ~ p(z), the model's prior, drawn on the CPU with
+    ``seed``: (rows, cols, C, H, W), the same on every device."""
+    z = model.sample_prior(n, torch.Generator().manual_seed(seed))
     return as_grid(decode_images(model, z.numpy(), BATCH), cols)
+
+
+def _bounded(name: str) -> str:
+    least, most, why = LIMITS[name]
+    return f"{least:,} to {most:,}: {why}"
 
 
 def _inputs(model, paths) -> tuple[np.ndarray, list[Path]]:
@@ -73,6 +88,9 @@ def reconstruct(model, paths, cols: int) -> np.ndarray:
 
 def interpolate(model, a, b, steps: int) -> np.ndarray:
     """One row: image ``a``, the decoded straight line between the latent means, image ``b``."""
+    for path in (a, b):
+        if Path(path).is_dir():
+            raise ImageInputError(f"{path}: is a folder; interpolate takes two image files")
     images, _ = _inputs(model, [a, b])
     mu, _ = _latents(model, images)
     _, z = interpolation_latents(mu[0], mu[1], steps)
@@ -81,54 +99,78 @@ def interpolate(model, a, b, steps: int) -> np.ndarray:
     return np.concatenate([ends[:1], walk, ends[1:]])[None]
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m vaepipe.sample",
                                  description="Use a trained VAE checkpoint.")
     ap.add_argument("checkpoint", type=Path, help="a VAE checkpoint, e.g. models/conv/best.pt")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps (default cpu)")
     sub = ap.add_subparsers(dest="command", required=True)
+    cols = dict(type=int, default=8, help=f"images a row (default 8; {_bounded('cols')})")
     p = sub.add_parser("prior", help="a grid of images decoded from the prior (PNG)")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--cols", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=64, help=f"images (default 64; {_bounded('n')})")
+    p.add_argument("--cols", **cols)
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("reconstruct", help="images above their reconstructions (PNG)")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--cols", type=int, default=8)
+    p.add_argument("--cols", **cols)
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("encode", help="latent means and log-variances of images (.npz)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("interpolate", help="a walk between two images' latent means (PNG)")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("a", help="an image file")
+    p.add_argument("b", help="an image file")
+    p.add_argument("--steps", type=int, default=10,
+                   help=f"decoded steps between them (default 10; {_bounded('steps')})")
     p.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    for name, least in (("n", 1), ("cols", 1), ("steps", 2)):
+    return ap
+
+
+def out_of_range(args: argparse.Namespace) -> str | None:
+    """The first bounded flag outside its range, said in one line; None when all are inside."""
+    for name, (least, most, why) in LIMITS.items():
         value = getattr(args, name, None)
-        if value is not None and value < least:
-            print(f"error: --{name} must be >= {least}, got {value}", file=sys.stderr)
-            return 2
+        if value is not None and not least <= value <= most:
+            return f"--{name} must be from {least:,} to {most:,} ({why}), got {value:,}"
+    return None
+
+
+def _model(args: argparse.Namespace):
+    model, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    if model.image_shape[0] not in (1, 3):
+        raise CheckpointError(f"{args.checkpoint}: a model of {model.image_shape[0]}-channel "
+                              f"images; this command reads and draws 1 (grey) or 3 (RGB)")
+    return model
+
+
+def _result(model, args: argparse.Namespace) -> bytes | dict:
+    if args.command == "prior":
+        return png_bytes(prior(model, args.n, args.cols, args.seed))
+    if args.command == "reconstruct":
+        return png_bytes(reconstruct(model, args.images, args.cols))
+    if args.command == "interpolate":
+        return png_bytes(interpolate(model, args.a, args.b, args.steps))
+    images, files = _inputs(model, args.images)
+    mu, logvar = _latents(model, images)
+    return {"mu": mu, "logvar": logvar, "files": np.array([str(f) for f in files])}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if (problem := out_of_range(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
-        model, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
-        if args.command == "prior":
-            out = png_bytes(prior(model, args.n, args.cols, args.seed))
-        elif args.command == "reconstruct":
-            out = png_bytes(reconstruct(model, args.images, args.cols))
-        elif args.command == "interpolate":
-            out = png_bytes(interpolate(model, args.a, args.b, args.steps))
+        check_output(args.out, "--out")
+        out = _result(_model(args), args)
+        if isinstance(out, dict):
+            write_npz(args.out, out)
         else:
-            images, files = _inputs(model, args.images)
-            mu, logvar = _latents(model, images)
-            out = {"mu": mu, "logvar": logvar, "files": np.array([str(f) for f in files])}
-    except (CheckpointError, DeviceError, ImageInputError) as exc:
+            write_bytes(args.out, out)
+    except (CheckpointError, DeviceError, ImageInputError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if isinstance(out, dict):
-        write_npz(args.out, out)
-    else:
-        write_bytes(args.out, out)
     print(f"{args.command}: {args.out}")
     return 0
 

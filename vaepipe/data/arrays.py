@@ -83,6 +83,9 @@ def read_class_names(directory: str | Path) -> list[str]:
 def load_ingested(raw_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The images, labels and class names an image folder was decoded into (the download
     stage's :func:`vaepipe.data.folder.ingest_folder`)."""
-    arrays = read_npz(Path(raw_dir) / INGESTED_FILE, "run `dvc repro download` first",
-                      DataFormatError)
+    path = Path(raw_dir) / INGESTED_FILE
+    arrays = read_npz(path, "run `dvc repro download` first", DataFormatError)
+    missing = [k for k in ("images", "labels") if k not in arrays]
+    if missing:
+        raise DataFormatError(f"{path}: lacks {' and '.join(missing)}; rerun `dvc repro download`")
     return arrays["images"], arrays["labels"], read_class_names(raw_dir)

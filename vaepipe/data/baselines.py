@@ -12,13 +12,14 @@ the models' ``bpd_8bit``, so a model's number has something outside the project 
 from __future__ import annotations
 
 import io
-import json
 import lzma
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vaepipe.io import json_at, read_json
 
 BASELINES = ("png", "xz", "histogram")
 LEVELS = 256
@@ -95,12 +96,9 @@ def read_baselines(path: str | Path) -> dict:
     """``reports/baselines.json`` as :func:`baseline_rates` wrote it; a missing file or one
     without every baseline's ``bpd`` raises ValueError naming it."""
     path = Path(path)
-    try:
-        rates = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not found; run `dvc repro split`, which writes it") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not path.exists():
+        raise ValueError(f"{path}: not found; run `dvc repro split`, which writes it")
+    rates = json_at(read_json(path), str(path))
     missing = [k for k in BASELINES if not isinstance(rates.get(k), dict)
                or not isinstance(rates[k].get("bpd"), (int, float))]
     if missing or not isinstance(rates.get("test_images"), int):

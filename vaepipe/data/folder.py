@@ -4,8 +4,10 @@ The folder is laid out as torchvision's ``ImageFolder`` expects, ``<class>/<imag
 sit deeper inside a class folder), or is flat: images only, one class named after the folder.
 Every file is listed in the manifest: used (relative path, class, size, sha256) or skipped, with
 why. Skipped: hidden files, files that are not images by their extension (torchvision's
-``IMG_EXTENSIONS``), images Pillow cannot read (truncated, corrupt), files beside class folders,
-and symlinks that point outside the folder (never followed). Images are decoded by
+``IMG_EXTENSIONS``), images Pillow cannot read (truncated, corrupt) or of more pixels than its
+decompression-bomb limit, pipes and other files that are not regular files, sub-folders that
+cannot be read, files beside class folders, and symlinks that point outside the folder (never
+followed). Images are decoded by
 :func:`vaepipe.data.images.load_image`, the same way the sampling command reads them; their
 original sizes and modes are counted in the manifest.
 """
@@ -19,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vaepipe.data.arrays import INGESTED_FILE, MANIFEST_FILE, save_arrays
 from vaepipe.data.catalog import DataError
-from vaepipe.data.images import ImageInputError, describe_error, is_image_file, load_image
+from vaepipe.data.images import ImageInputError, image_header, is_image_file, load_image
 from vaepipe.data.sources import replace_dir
-from vaepipe.io import write_json
+from vaepipe.io import check_output, write_json
 
 # Pillow modes that hold one grey level per pixel; any other mode counts as colour
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -37,11 +38,20 @@ def _outside(path: Path, root: Path) -> bool:
     return path.is_symlink() and not path.resolve().is_relative_to(root)
 
 
+def _entries(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """What ``folder`` holds, sorted; a folder that cannot be listed goes into ``skipped``."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        skipped.append((folder, f"a folder that cannot be read ({exc.strerror or exc})"))
+        return []
+
+
 def _walk(folder: Path, root: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     """The candidate image files under ``folder``, sorted, recursing; the others into
     ``skipped`` with the reason. Symlinks are checked before anything reads through them."""
     found: list[Path] = []
-    for entry in sorted(folder.iterdir()):
+    for entry in _entries(folder, skipped):
         if _outside(entry, root):
             skipped.append((entry, "a symlink to a place outside the folder (not followed)"))
         elif entry.name.startswith("."):
@@ -52,6 +62,8 @@ def _walk(folder: Path, root: Path, skipped: list[tuple[Path, str]]) -> list[Pat
             found += _walk(entry, root, skipped)
         elif not entry.exists():
             skipped.append((entry, "a broken symlink"))
+        elif not entry.is_file():  # reading a pipe would wait for a writer forever
+            skipped.append((entry, "not a regular file (a pipe, socket or device)"))
         elif not is_image_file(entry):
             suffix = entry.suffix or "none"
             skipped.append((entry, f"not an image file by its extension ({suffix})"))
@@ -78,12 +90,17 @@ def scan_folder(root: str | Path
                         f"of <class>/<image> files, or of images)")
     real = given.resolve()
     skipped: list[tuple[Path, str]] = []
-    top = [e for e in sorted(given.iterdir()) if e.is_dir() and not e.name.startswith(".")
+    try:
+        entries = sorted(given.iterdir())
+    except OSError as exc:
+        raise DataError(f"data.path: {given}: cannot read this folder ({exc.strerror or exc})"
+                        ) from None
+    top = [e for e in entries if e.is_dir() and not e.name.startswith(".")
            and not e.is_symlink()]
     if top:
         names = [d.name for d in top]
         candidates = [(f, c) for c, d in enumerate(top) for f in _walk(d, real, skipped)]
-        for entry in sorted(given.iterdir()):
+        for entry in entries:
             if entry not in top and not (entry.is_dir() and entry.name.startswith(".")):
                 reason = ("a symlink (class folders must be real folders)" if entry.is_dir()
                           else "beside the class folders, in no class")
@@ -97,37 +114,13 @@ def scan_folder(root: str | Path
     return names, "classes" if top else "flat", candidates, skipped
 
 
-def _header(path: Path) -> tuple[str, tuple[int, int]]:
-    """An image's mode and size from its header (no pixels decoded)."""
-    try:
-        with Image.open(path) as image:
-            return image.mode, image.size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageInputError(f"{path}: not a readable image ({describe_error(exc)})") from None
-
-
-def ingest_folder(root: str | Path, dest: str | Path, image_size: int,
-                  channels: int | str = "auto") -> dict[str, Any]:
-    """Decode folder ``root`` into ``dest/images.npz`` (uint8 (N, C, S, S), labels int64) and
-    ``dest/manifest.json``; returns the manifest.
-
-    ``channels`` is 1, 3 or ``"auto"`` (3 if any readable image has a colour mode). ``dest``
-    is replaced whole once both files are written; on an error it keeps what it held.
-    """
-    given = Path(root)
-    names, layout, candidates, skipped = scan_folder(given)
-    headers: list[tuple[Path, int, str, tuple[int, int]]] = []
-    for path, label in candidates:
-        try:
-            headers.append((path, label, *_header(path)))
-        except ImageInputError as exc:
-            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
-    resolved = channels if channels != "auto" else \
-        (3 if any(mode not in GREY_MODES for _, _, mode, _ in headers) else 1)
+def _decode_all(given: Path, names: list[str], headers: list, channels: int, image_size: int,
+                skipped: list[tuple[Path, str]]) -> tuple[list, list[int], list[dict]]:
+    """The decoded images, their labels and manifest entries; unusable ones into ``skipped``."""
     images, labels, used = [], [], []
     for path, label, mode, size in headers:
         try:
-            images.append(load_image(path, resolved, (image_size, image_size)))
+            images.append(load_image(path, channels, (image_size, image_size)))
         except ImageInputError as exc:  # a header that reads, pixels that do not: truncated
             skipped.append((path, str(exc).removeprefix(f"{path}: ")))
             continue
@@ -136,6 +129,31 @@ def ingest_folder(root: str | Path, dest: str | Path, image_size: int,
         used.append({"path": path.relative_to(given).as_posix(), "class": names[label],
                      "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                      "mode": mode, "size": f"{size[0]}x{size[1]}"})
+    return images, labels, used
+
+
+def ingest_folder(root: str | Path, dest: str | Path, image_size: int,
+                  channels: int | str = "auto") -> dict[str, Any]:
+    """Decode folder ``root`` into ``dest/images.npz`` (uint8 (N, C, S, S), labels int64) and
+    ``dest/manifest.json``; returns the manifest.
+
+    ``channels`` is 1, 3 or ``"auto"`` (3 if any readable image has a colour mode). ``dest``
+    is replaced whole once both files are written; on an error it keeps what it held. A
+    ``dest`` that is a file, or whose parent cannot be created, raises
+    :class:`vaepipe.io.OutputPathError` before anything is read.
+    """
+    given = Path(root)
+    check_output(dest, folder=True)
+    names, layout, candidates, skipped = scan_folder(given)
+    headers: list[tuple[Path, int, str, tuple[int, int]]] = []
+    for path, label in candidates:
+        try:
+            headers.append((path, label, *image_header(path)))
+        except ImageInputError as exc:
+            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
+    resolved = channels if channels != "auto" else \
+        (3 if any(mode not in GREY_MODES for _, _, mode, _ in headers) else 1)
+    images, labels, used = _decode_all(given, names, headers, resolved, image_size, skipped)
     if not used:
         raise DataError(f"data.path: {given}: none of its {len(candidates)} image files could "
                         f"be read (last: {skipped[-1][0]}: {skipped[-1][1]})")

@@ -7,7 +7,6 @@ DVC metrics ``sweep.<beta>.<metric>``. No torch here: rebuilding the table train
 from __future__ import annotations
 
 import glob
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 from vaepipe.data.names import markdown_text
+from vaepipe.io import json_at, read_json
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,11 @@ def collect_runs(metrics_pattern: str, history_pattern: str, betas: Sequence[flo
     found: dict[float, Run] = {}
     for path in sorted(glob.glob(metrics_pattern)):
         label = regex.match(path).group(1)
-        metrics = json.loads(Path(path).read_text())
-        beta = float(metrics["beta"])
+        metrics = read_json(path)
+        beta = json_at(metrics, path, "beta", kind=(int, float))
+        if beta is None:
+            raise ValueError(f"{path}: no beta (a number); rerun `dvc repro beta-sweep`")
+        beta = float(beta)
         if beta not in betas:
             continue
         history = pd.read_csv(history_pattern.replace("*", label))
