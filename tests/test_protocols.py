@@ -89,7 +89,7 @@ def test_each_protocol_runs_end_to_end_as_an_experiment(tiny_repro, setting, tra
     assert {"continuous_bernoulli": "| continuous Bernoulli |",
             "discretized_logistic": "| discretized logistic |"}[likelihood] in summary
     if likelihood == "discretized_logistic":
-        # an exact probability of each level: no dequantization, the rate is seed 000's bpd
+        # an exact probability of each level: no dequantization, the rate is recipe 000's bpd
         assert after[kind]["best"]["bpd_8bit"] == pytest.approx(after[kind]["best"]["bpd"])
 
 

@@ -1,4 +1,4 @@
-"""The README's `dvc exp run -S ...` lines for seeds 001, 003 and 004, run for real on tiny data.
+"""The README's `dvc exp run -S ...` lines for recipes 001, 003 and 004, run for real on tiny data.
 
 The commands are read from the README itself, so the documented lines are the tested ones.
 """
@@ -18,18 +18,18 @@ SHORT = ["-S", "mlp.epochs=1", "-S", "conv.epochs=1", "-S", "mlp.batch_size=64"]
 
 def readme_variants() -> dict[str, list[str]]:
     text = README.read_text()
-    block = text.split("<!-- seed-variants", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    block = text.split("<!-- recipe-variants", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     variants, current = {}, None
     for line in block.strip().splitlines():
-        if line.startswith("# seed"):
-            current = re.match(r"# (seed \d+)", line).group(1)
+        if line.startswith("# recipe"):
+            current = re.match(r"# (recipe \d+)", line).group(1)
         elif line.startswith("dvc exp run"):
             variants[current] = shlex.split(line)[1:]
     return variants
 
 
 def test_readme_lists_the_three_variants():
-    assert sorted(readme_variants()) == ["seed 001", "seed 003", "seed 004"]
+    assert sorted(readme_variants()) == ["recipe 001", "recipe 003", "recipe 004"]
 
 
 def run_variant(dvc_project, name, dataset):
@@ -54,8 +54,8 @@ def history(project, kind):
 
 
 @pytest.mark.slow
-def test_seed_001_mnist_mlp(dvc_project):
-    project, mlp, _ = run_variant(dvc_project, "seed 001", "mnist")
+def test_recipe_001_mnist_mlp(dvc_project):
+    project, mlp, _ = run_variant(dvc_project, "recipe 001", "mnist")
     # the model that was built and trained (its weights fit these arguments)
     assert mlp["model_args"]["hidden"] == [400, 400] and mlp["model_args"]["latent_dim"] == 20
     assert mlp["model_args"]["activation"] == "relu"
@@ -68,8 +68,8 @@ def test_seed_001_mnist_mlp(dvc_project):
 
 
 @pytest.mark.slow
-def test_seed_003_cifar10_conv(dvc_project):
-    project, _, conv = run_variant(dvc_project, "seed 003", "cifar10")
+def test_recipe_003_cifar10_conv(dvc_project):
+    project, _, conv = run_variant(dvc_project, "recipe 003", "cifar10")
     assert conv["model_args"] == {"image_shape": [3, 32, 32], "latent_dim": 128,
                                   "channels": [96, 192, 384], "likelihood": "gaussian"}
     assert conv["state_dict"]["encoder.6.weight"].shape == (384, 192, 3, 3)
@@ -85,8 +85,8 @@ def test_seed_003_cifar10_conv(dvc_project):
 
 
 @pytest.mark.slow
-def test_seed_004_dequantized_mnist(dvc_project):
-    project, mlp, _ = run_variant(dvc_project, "seed 004", "mnist")
+def test_recipe_004_dequantized_mnist(dvc_project):
+    project, mlp, _ = run_variant(dvc_project, "recipe 004", "mnist")
     assert mlp["params"]["data"]["dequantize"] is True
     assert mlp["model_args"]["hidden"] == [400, 400]
     assert mlp["optimizer"] == {"class": "Adam", "lr": 0.001, "weight_decay": 0.0}
