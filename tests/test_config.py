@@ -7,6 +7,9 @@ import yaml
 from pydantic import ValidationError
 
 from vaepipe.config import ConfigError, Params, load_params, parse_params, to_dict
+# the registries add their name checks when imported, as in every stage that uses them
+from vaepipe.data import catalog  # noqa: F401
+from vaepipe.models import likelihoods, priors  # noqa: F401
 
 REPO_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 

@@ -79,7 +79,7 @@ def test_each_protocol_runs_end_to_end_as_an_experiment(tiny_repro, setting, tra
     kind = check
     model, ckpt = load_checkpoint(project.root / f"models/{kind}/best.pt")
     likelihood = setting.split("=")[1]
-    assert model.likelihood == likelihood == ckpt["model_args"]["likelihood"]
+    assert model.likelihood.name == likelihood == ckpt["model_args"]["likelihood"]
     assert rate_keys(after[kind]["best"]) == RATE_KEYS
     changed = diff[f"{kind}.best.bpd_8bit"]
     assert changed["old"] == before[kind]["best"]["bpd_8bit"] != changed["new"]

@@ -184,3 +184,20 @@ def test_a_registered_data_format_rejects_a_bad_source_naming_the_file(tmp_path,
         fetch_raw("tiny-npz", tmp_path / "raw", mirror, standard_dirs=(), base_urls=())
     assert "labels must lie in 0..1" in str(err.value) and "train.npz" in str(err.value)
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_checkpoint_written_before_likelihoods_kept_their_parameters_still_loads(tmp_path):
+    # then model_args named the likelihood alone, obs_std sat in the stored params, and no
+    # checkpoint said what it trained on
+    model = build_model("mlp", image_shape=(1, 28, 28), latent_dim=2, hidden=(8,),
+                        likelihood={"name": "gaussian", "obs_std": 0.5})
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, {"params": {"mlp": {"likelihood": "gaussian", "obs_std": 0.5},
+                                             "data": {"binarize": "dynamic"}}})
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_args"]["likelihood"] = "gaussian"
+    del ckpt["model_args"]["prior"]
+    torch.save(ckpt, path)
+    loaded, ckpt = load_checkpoint(path)
+    assert loaded.likelihood.obs_std == 0.5 and loaded.prior.name == "standard_normal"
+    assert trained_pixels(ckpt) == "binarized"
