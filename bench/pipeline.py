@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -48,19 +47,9 @@ from vaepipe.config import load_params  # noqa: E402
 from vaepipe.data.arrays import load_split  # noqa: E402
 from vaepipe.models.vae import build_model, model_args# noqa: E402
 from vaepipe.sweep.study import select_classes# noqa: E402
-from vaepipe.train.device import device_name, resolve_device# noqa: E402
+from vaepipe.train.device import cpu_model, device_name, resolve_device# noqa: E402
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def has_avx512() -> bool:

@@ -19,7 +19,7 @@ import torch
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict
-from vaepipe.data.arrays import load_splits, read_class_names
+from vaepipe.data.arrays import load_splits, read_class_names, split_file
 from vaepipe.data.names import resolve_classes
 from vaepipe.figures.animation import render_gif
 from vaepipe.io import check_output, write_json
@@ -30,6 +30,7 @@ from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, resolve_device
 from vaepipe.train.loop import fit, write_history
 from vaepipe.train.errors import TrainingDiverged
+from vaepipe.train.resume import Resume
 
 PROBE_PER_CLASS = 200  # test images per class drawn in every GIF frame
 STRIP = 10             # of them, shown as originals over reconstructions
@@ -75,20 +76,25 @@ def main(argv=None) -> int:
     recorder = FrameRecorder(test_t[probe], test_t[probe[:STRIP]],
                              frame_steps(cfg.epochs * batches, sweep.gif_frames), batches)
     recorder.start(model)
+    meta = {"params": {"device": params.device, "beta": args.beta,
+                       "data": {"dataset": params.data.dataset},
+                       "sweep": {k: v for k, v in to_dict(sweep).items() if k != "betas"}}}
+    resume = Resume(f"beta-sweep@{args.beta}", {**meta["params"], "args": vars(args)},
+                    [split_file(args.data, n) for n in ("train", "val", "test")])
+    resume.attach("frames", recorder.state, recorder.load_state)
     try:
         # the history after every epoch, for `dvc plots show` while the sweep runs
         result = fit(model, train_x, val_x, cfg, args.beta, sweep.seed, device,
-                     on_batch=recorder, on_epoch=lambda done: write_history(args.history, done))
+                     on_batch=recorder, on_epoch=lambda done: write_history(args.history, done),
+                     resume=resume)
     except TrainingDiverged as exc:
+        resume.finish()
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
     metrics = {"beta": args.beta, "epochs": cfg.epochs,
                **measure(model, args.beta, sweep.seed, torch.as_tensor(train_x).to(device),
                          train_y, test_t, test_y)}
-    meta = {"params": {"device": params.device, "beta": args.beta,
-                       "data": {"dataset": params.data.dataset},
-                       "sweep": {k: v for k, v in to_dict(sweep).items() if k != "betas"}}}
     # timings only in metrics.json: the same weights must give the same checkpoint bytes
     save_checkpoint(args.checkpoint, model, {"epoch": cfg.epochs, "metrics": metrics, **meta})
     metrics["train_seconds"] = result.train_seconds
@@ -99,6 +105,7 @@ def main(argv=None) -> int:
                strip_pixels(test_x[probe[:STRIP]]), f"beta = {args.beta:g}", cfg.epochs, batches)
     metrics["render_seconds"] = time.perf_counter() - start
     write_json(args.metrics, metrics)
+    resume.finish()
     print(f"beta {args.beta:g}: test recon {metrics['test_recon']:.2f}, KL "
           f"{metrics['test_kl']:.2f}; {result.train_seconds:.0f} s training, "
           f"{metrics['render_seconds']:.1f} s for {len(recorder.frames)} GIF frames")

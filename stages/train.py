@@ -14,13 +14,14 @@ import torch
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict, training_data
-from vaepipe.data.arrays import load_splits
+from vaepipe.data.arrays import load_splits, split_file
 from vaepipe.io import check_output, write_json
 from vaepipe.models.batches import binarize_fixed
 from vaepipe.models.vae import MODELS, build_model, model_args
 from vaepipe.train.device import DeviceError, resolve_device
 from vaepipe.train.loop import fit, summarize, write_history
 from vaepipe.train.errors import TrainingDiverged
+from vaepipe.train.resume import Resume
 
 
 def main(argv=None) -> int:
@@ -64,14 +65,19 @@ def main(argv=None) -> int:
         write_history(args.history, result)
         write_json(args.metrics, summarize(result, device, model, partial=True))
 
+    # found again by the same params, split files, code and paths only
+    resume = Resume(f"train-{args.model}", {**meta["params"], "args": vars(args)},
+                    [split_file(args.data, name) for name in ("train", "val")])
     try:
         result = fit(model, train_x, val_x, section, params.beta, params.seed, device,
                      checkpoint_dir=args.checkpoints, meta=meta,
-                     pixels=pixels, on_epoch=epoch_done)
+                     pixels=pixels, on_epoch=epoch_done, resume=resume)
     except TrainingDiverged as exc:
+        resume.finish()  # a rerun would diverge at the same step
         print(f"error: {exc}", file=sys.stderr)
         return 1
     write_json(args.metrics, summarize(result, device, model))
+    resume.finish()
     print(f"{args.model}: best epoch {result.best_epoch}, validation NELBO "
           f"{result.best['val_nelbo']:.2f} nats, {result.train_seconds:.0f} s on {device}")
     return 0

@@ -16,13 +16,14 @@ import torch
 
 from vaepipe import runtime
 from vaepipe.config import ConfigError, load_params, to_dict
-from vaepipe.data.arrays import load_splits, read_class_names
+from vaepipe.data.arrays import load_splits, read_class_names, split_file
 from vaepipe.evaluate.classifier import (ONE_CLASS, Classifier, accuracy, save_no_classifier,
                                          train_classifier)
 from vaepipe.io import check_output, write_json
 from vaepipe.train.checkpoints import save_checkpoint
 from vaepipe.train.device import DeviceError, device_name, resolve_device
 from vaepipe.train.errors import TrainingDiverged
+from vaepipe.train.resume import Resume
 
 
 def main(argv=None) -> int:
@@ -55,13 +56,17 @@ def main(argv=None) -> int:
         print(f"classifier: none ({ONE_CLASS})")
         return 0
 
+    resume = Resume("train-classifier", {"device": params.device,
+                                         "classifier": to_dict(cfg), "args": vars(args)},
+                    [split_file(args.data, name) for name in ("train", "val", "test")])
     try:
         history = train_classifier(model, train_x, train_y, cfg.epochs, cfg.batch_size, cfg.lr,
-                                   cfg.weight_decay, cfg.seed, device)
+                                   cfg.weight_decay, cfg.seed, device, resume=resume)
     except ConfigError as exc:  # classifier.batch_size over the training set: before any step
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
+        resume.finish()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds = sum(h["seconds"] for h in history)
@@ -86,6 +91,7 @@ def main(argv=None) -> int:
                        "classifier": to_dict(cfg)}}
     save_checkpoint(args.out, model, meta)
     write_json(args.metrics, metrics)
+    resume.finish()
     print(f"classifier: test accuracy {metrics['test_accuracy']:.4f} after {cfg.epochs} epochs, "
           f"{seconds:.0f} s on {device}")
     return 0

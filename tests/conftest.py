@@ -210,6 +210,8 @@ def _project_env(base: Path, root: Path, md5_json: Path) -> dict[str, str]:
     env[EXPECTED_MD5_ENV] = str(md5_json)
     env["DVC_NO_ANALYTICS"] = "1"
     env["DVC_SITE_CACHE_DIR"] = str(base / "dvc-site-cache")
+    # each project's own resume states: a killed run in one test is never resumed by another
+    env["VAEPIPE_RESUME_DIR"] = str(base / "resume")
     env.pop("VIRTUAL_ENV", None)
     # the project's own copy of vaepipe, not the editable install of this checkout
     env["PYTHONPATH"] = str(root)

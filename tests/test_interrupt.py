@@ -196,3 +196,66 @@ def test_a_running_experiment_shows_its_epochs_and_a_kill_leaves_them_whole(tiny
     assert 1 <= metrics["best_epoch"] <= metrics["epochs"]
     assert {row["epoch"] for row in drawn} >= {"1", "2"}  # CSV values: strings
     assert shown[0]["rev"] == "workspace" and live["partial"] is True and live["epochs"] >= 2
+
+
+# stage -> (params that make it run a while, its outputs: compared, timings aside)
+RESUMED = {
+    "train-conv": ({"conv": {"epochs": 12, "channels": [16, 32]}},
+                   ["models/conv/epoch_01.pt", "models/conv/best.pt", "models/conv/final.pt",
+                    "reports/train/conv_history.csv", "reports/train/conv.json"]),
+    "beta-sweep@0.1": ({"sweep": {"epochs": 12, "channels": [16, 32]}},
+                       ["models/sweep/beta_0.1.pt", "reports/sweep/beta_0.1/history.csv",
+                        "reports/sweep/beta_0.1/latent.gif",
+                        "reports/sweep/beta_0.1/metrics.json"]),
+    "train-classifier": ({"classifier": {"epochs": 12, "channels": [16, 32]}},
+                         ["models/classifier.pt", "reports/classifier.json"]),
+}
+TIMINGS = {"seconds", "images_per_second", "train_seconds", "render_seconds"}
+
+
+def _untimed(path: Path):
+    if path.suffix == ".csv":
+        table = pd.read_csv(path)
+        return table.drop(columns=[c for c in table.columns if c in TIMINGS]).to_dict("list")
+    if path.suffix == ".json":
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMINGS}
+    return path.read_bytes()
+
+
+def _saved_epochs(folder: Path) -> int:
+    """The epochs the resume state in ``folder`` holds (0 while there is none)."""
+    for path in folder.glob("*.pt"):
+        try:
+            return torch.load(path, weights_only=True)["epoch"]
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass
+    return 0
+
+
+@pytest.mark.slow  # each training run twice through DVC, once killed mid-way
+def test_a_killed_training_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_repro, tmp_path):
+    from conftest import copy_project
+
+    killed = tiny_repro
+    states = Path(killed.env["VAEPIPE_RESUME_DIR"])
+    whole = copy_project(tiny_repro, tmp_path / "whole")
+    for stage, (params, outs) in RESUMED.items():
+        for project in (killed, whole):
+            _with(project, params)
+        whole.dvc("repro", stage)
+        proc = _start(killed, "repro", stage)
+        deadline = time.monotonic() + 300
+        while _saved_epochs(states) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage, in its third epoch or later
+        proc.wait(timeout=30)
+        out = killed.dvc("repro", stage)
+        text = out.stdout + out.stderr
+        resumed = re.search(rf"{re.escape(stage)}: resuming at epoch (\d+) of 12 \(saved ", text)
+        assert resumed and int(resumed.group(1)) >= 3, text
+        for name in outs:
+            assert _untimed(killed.root / name) == _untimed(whole.root / name), name
+        assert list(states.glob("*.pt")) == []  # a finished stage removes its state
+        # the same inputs again: nothing reruns, so no state is read
+        assert f"Stage '{stage}' didn't change" in killed.dvc("repro", stage).stdout

@@ -74,3 +74,77 @@ def test_two_workers_run_two_experiments_and_a_bad_one_fails_alone(tiny_repro):
     assert errors == [f"error: {reason}"] and "mlp.latent_dim" in reason
     assert "Traceback" not in logs
     project.dvc("queue", "stop", check=False)
+
+
+def _saved_epochs(folder) -> int:
+    """The epochs a resume state in ``folder`` holds (0 while there is none)."""
+    import torch
+
+    for path in folder.glob("*.pt"):
+        try:
+            return torch.load(path, weights_only=True)["epoch"]
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass
+    return 0
+
+
+def _start_workers(project) -> None:
+    """`dvc queue start -j 1`, returning at once: the worker it spawns keeps any pipe of ours
+    open, so reading its output would wait for the whole queue."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "queue", "start", "-j", "1"], cwd=project.root, env=project.env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+
+
+def _kill_stage(script: str) -> None:
+    """SIGKILL to the running stage ``script`` alone, as a preempted or OOM-killed stage: its
+    process group is the queue worker's, which would die with it and leave the entry
+    'Running' for good."""
+    import os
+    import signal
+
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if script in " ".join(proc.info["cmdline"] or []):
+            os.kill(proc.pid, signal.SIGKILL)
+            return
+    raise AssertionError(f"no running {script}")
+
+
+@pytest.mark.slow  # a queued experiment killed, queued again, and one run in the workspace
+def test_a_killed_queued_experiment_resumes_when_queued_again(tiny_repro, tmp_path):
+    from pathlib import Path
+
+    from conftest import copy_project
+
+    killed, whole = tiny_repro, copy_project(tiny_repro, tmp_path / "whole")
+    settings = ["-S", "conv.epochs=150", "-S", "conv.channels=[16,32]"]  # about 15 s
+    whole.dvc("exp", "run", *settings)
+    states = Path(killed.env["VAEPIPE_RESUME_DIR"])
+    killed.dvc("exp", "run", "--queue", *settings, "-n", "first")
+    _start_workers(killed)
+    deadline = time.monotonic() + 300
+    while _saved_epochs(states) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_stage("stages/train.py --model conv")
+    assert _wait_until_done(killed, {"first"}) == {"first": "Failed"}
+
+    killed.dvc("exp", "run", "--queue", *settings, "-n", "second")
+    killed.dvc("queue", "start", "-j", "1")
+    assert _wait_until_done(killed, {"second"})["second"] == "Success"
+    logs = killed.dvc("queue", "logs", "second").stdout
+    assert re.search(r"train-conv: resuming at epoch \d+ of 150 \(saved ", logs), logs
+    killed.dvc("exp", "apply", "second")
+    for name in ("models/conv/epoch_01.pt", "models/conv/best.pt", "models/conv/final.pt"):
+        assert (killed.root / name).read_bytes() == (whole.root / name).read_bytes(), name
+    timings = {"train_seconds", "images_per_second"}
+    metrics = [{k: v for k, v in p.read_json("reports/train/conv.json").items()
+                if k not in timings} for p in (killed, whole)]
+    assert metrics[0] == metrics[1]
+    assert list(states.glob("*.pt")) == []
+    killed.dvc("queue", "stop", check=False)

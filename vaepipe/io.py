@@ -8,6 +8,7 @@ no file can be written at (an existing folder, a parent that cannot be created) 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -184,3 +185,15 @@ def read_npz(path: str | Path, missing: str, error: type[Exception] = ValueError
         raise error(f"{path}: not found; {missing}") from None
     except (ValueError, OSError, zipfile.BadZipFile) as exc:  # np.load on a corrupt file
         raise error(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def try_lock(path: str | Path) -> int | None:
+    """An open descriptor holding ``path``'s exclusive lock (created if absent), or None if
+    another open file holds it. Closing the descriptor, or the process ending, releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd

@@ -28,13 +28,14 @@ its own defaults.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, NoReturn
+
+from vaepipe.io import try_lock
 
 THREADS_ENV = "VAEPIPE_THREADS"
 SLOTS_ENV = "VAEPIPE_CPU_SLOTS"
@@ -67,30 +68,19 @@ def slots_dir() -> Path:
                 Path(tempfile.gettempdir()) / f"vaepipe-{os.getuid()}-cpu-slots")
 
 
-def _try_lock(path: Path) -> int | None:
-    """An open descriptor holding ``path``'s exclusive lock, or None if another one holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def running_stages() -> int:
     """Hold a free slot (once per process) and count the slots held, this one included."""
     folder = slots_dir()
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(MAX_SLOTS if not _held else 0):
-        fd = _try_lock(folder / f"slot-{i:02d}")
+        fd = try_lock(folder / f"slot-{i:02d}")
         if fd is not None:
             _held.append(fd)
             break
     held = 0
     for path in folder.glob("slot-*"):
         # a second open file of our own slot conflicts with our lock too: counted as held
-        fd = _try_lock(path)
+        fd = try_lock(path)
         if fd is None:
             held += 1
         else:

@@ -18,6 +18,11 @@ def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     write_npz(path, {"images": images, "labels": labels})
 
 
+def split_file(directory: str | Path, name: str) -> Path:
+    """The file of split ``name`` (train, val, test) in a split directory."""
+    return Path(directory) / f"{name}.npz"
+
+
 def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read split ``name`` (train, val or test) saved by :func:`write_split`.
 
@@ -27,7 +32,7 @@ def load_split(directory: str | Path, name: str) -> tuple[np.ndarray, np.ndarray
     """
     if name not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
-    path = Path(directory) / f"{name}.npz"
+    path = split_file(directory, name)
     arrays = read_npz(path, "run `dvc repro split` first", DataFormatError)
     if set(arrays) != {"images", "labels"}:
         raise DataFormatError(f"{path}: expected arrays 'images' and 'labels', found "

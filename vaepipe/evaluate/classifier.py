@@ -21,6 +21,7 @@ from vaepipe.models.batches import in_batches, inference, to_unit_float
 from vaepipe.io import atomic_path
 from vaepipe.train.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint
 from vaepipe.train.errors import TrainingDiverged
+from vaepipe.train.resume import Resume, history_rows, set_rng_state
 
 EVAL_BATCH = 500  # images per inference call: small enough to stay in the CPU caches
 # why the class-dependent numbers are missing when the data has a single class
@@ -92,14 +93,16 @@ def accuracy(model: Classifier, images: np.ndarray | torch.Tensor,
 
 def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: np.ndarray,
                      epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
-                     device: torch.device, log=print) -> list[dict]:
+                     device: torch.device, log=print, resume: Resume | None = None
+                     ) -> list[dict]:
     """Train with Adam and cross-entropy; the learning rate follows a cosine from ``lr`` to 0.
 
     Returns one row per epoch (train loss and accuracy, seconds); no per-epoch validation,
     which would cost a tenth of the training time and choose nothing (the last epoch is
     kept). Seeded: the same arguments give the same weights on the CPU. A ``batch_size``
     larger than the training set raises :class:`vaepipe.config.ConfigError` before any work;
-    a non-finite loss raises :class:`vaepipe.train.errors.TrainingDiverged`.
+    a non-finite loss raises :class:`vaepipe.train.errors.TrainingDiverged`. With ``resume``,
+    training goes on from its saved state, if there is one, and saves one after every epoch.
     """
     n = len(train_images)
     check_batch_size("classifier.batch_size", batch_size, n)
@@ -113,7 +116,10 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches)
     gen = torch.Generator(device=device).manual_seed(seed)
     history = []
-    for epoch in range(1, epochs + 1):
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        history = _restore(state, model, opt, sched, gen)
+    for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=device)
         stats = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct
@@ -138,8 +144,23 @@ def train_classifier(model: Classifier, train_images: np.ndarray, train_labels: 
         if log is not None:
             log(f"classifier epoch {epoch}/{epochs}: loss {row['train_loss']:.4f}, train "
                 f"accuracy {row['train_accuracy']:.4f}, {seconds:.1f} s")
+        if resume is not None:
+            resume.save(epoch, epochs, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                "history": history})
     model.eval()
     return history
+
+
+def _restore(state: dict, model: Classifier, opt, sched, gen: torch.Generator) -> list[dict]:
+    """A saved classifier state put back; returns the epochs done."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    return history_rows(state["history"])
 
 
 def save_no_classifier(path: str | Path, reason: str) -> None:

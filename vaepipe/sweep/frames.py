@@ -92,3 +92,13 @@ class FrameRecorder:
     def __call__(self, epoch: int, batch: int, model: VAE) -> None:
         if (epoch - 1) * self.batches_per_epoch + batch in self.steps:
             self.capture(model, epoch, batch)
+
+    def state(self) -> list[dict]:
+        """The frames so far as tensors, for a training's resume state."""
+        return [{"epoch": f.epoch, "batch": f.batch, "mu": torch.from_numpy(f.mu),
+                 "recon": torch.from_numpy(f.recon)} for f in self.frames]
+
+    def load_state(self, saved: list[dict]) -> None:
+        """The frames of a resumed training, from :meth:`state`."""
+        self.frames = [Frame(d["epoch"], d["batch"], d["mu"].numpy(), d["recon"].numpy())
+                       for d in saved]

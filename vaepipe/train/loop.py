@@ -24,6 +24,8 @@ from vaepipe.models.vae import VAE
 from vaepipe.train.checkpoints import CHECKPOINTS, save_checkpoint
 from vaepipe.train.device import device_name
 from vaepipe.train.errors import TrainingDiverged
+from vaepipe.train.resume import (Resume, file_tensors, history_rows, restore_files,
+                                  set_rng_state)
 from vaepipe.train.objective import evaluate_elbo, kl_weight, vae_loss
 
 def scheduled_kl_weight(cfg: TrainConfig, epoch: int, beta: float) -> float:
@@ -55,7 +57,8 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
         checkpoint_dir: str | Path | None = None, meta: dict | None = None,
         pixels: str = "levels", progress: bool = True,
         on_epoch: Callable[[FitResult], None] | None = None,
-        on_batch: Callable[[int, int, VAE], None] | None = None) -> FitResult:
+        on_batch: Callable[[int, int, VAE], None] | None = None,
+        resume: Resume | None = None) -> FitResult:
     """Train ``model`` on uint8 image arrays (N, C, H, W) and validate every epoch.
 
     ``pixels`` says what the model trains on (:func:`to_unit_float`: levels, dequantized or
@@ -73,7 +76,8 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     With ``progress``, a tqdm bar per epoch where stderr is a terminal, and one line per
     epoch in any case (so a log file, ``dvc queue logs``, holds one line per epoch). A
     non-finite loss raises :class:`TrainingDiverged` naming the epoch and batch; checkpoints
-    already written are kept, and nothing from the bad epoch is saved.
+    already written are kept, and nothing from the bad epoch is saved. With ``resume``, the
+    run goes on from its saved state, if there is one, and saves one after every epoch.
     """
     torch.manual_seed(seed)
     model.to(device).train()
@@ -87,8 +91,15 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
             "pixels": pixels}
     gen = torch.Generator(device=device).manual_seed(seed)
     val_pixels = "dequantized" if pixels == "dequantized" else "levels"
+    written = ([] if checkpoint_dir is None else
+               [Path(checkpoint_dir) / f"{name}.pt" for name in CHECKPOINTS[:2]])
     result = FitResult()
-    for epoch in range(1, cfg.epochs + 1):
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        result = restore_state(state, model, opt, gen)
+        if on_epoch is not None:
+            on_epoch(result)
+    for epoch in range(len(result.history) + 1, cfg.epochs + 1):
         weight = scheduled_kl_weight(cfg, epoch, beta)
         after_batch = None if on_batch is None else (
             lambda b, epoch=epoch: on_batch(epoch, b, model))
@@ -110,6 +121,8 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
                        f"train {train_means[0]:.2f}  val nelbo {val['nelbo']:.2f} "
                        f"(recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
                        f"{len(train_x) / seconds:,.0f} img/s", file=sys.stderr)
+        if resume is not None:
+            resume.save(epoch, cfg.epochs, fit_state(model, opt, gen, result, written))
         if on_epoch is not None:
             on_epoch(result)
     if checkpoint_dir is not None:
@@ -117,6 +130,27 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
                         {"epoch": cfg.epochs, "metrics": _val_metrics(result.history[-1]),
                          **meta})
     return result
+
+
+def fit_state(model: VAE, opt: torch.optim.Optimizer, gen: torch.Generator,
+              result: FitResult, written: list[Path]) -> dict:
+    """What the rest of a run depends on, after an epoch (:func:`restore_state` reads it)."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "generator": gen.get_state(), "history": result.history,
+            "best_epoch": result.best_epoch, "best": result.best, "files": file_tensors(written)}
+
+
+def restore_state(state: dict, model: VAE, opt: torch.optim.Optimizer,
+                  gen: torch.Generator) -> FitResult:
+    """Put a saved state back: weights, optimizer, the loop's and torch's generators, the
+    checkpoints written so far; returns the epochs done."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    restore_files(state["files"])
+    return FitResult(history_rows(state["history"]), state["best_epoch"],
+                     history_rows([state["best"]])[0])
 
 
 def train_epoch(model: VAE, opt: torch.optim.Optimizer, train_x: torch.Tensor,
