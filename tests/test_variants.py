@@ -71,7 +71,9 @@ def test_recipe_001_mnist_mlp(dvc_project):
 def test_recipe_003_cifar10_conv(dvc_project):
     project, _, conv = run_variant(dvc_project, "recipe 003", "cifar10")
     assert conv["model_args"] == {"image_shape": [3, 32, 32], "latent_dim": 128,
-                                  "channels": [96, 192, 384], "likelihood": "gaussian"}
+                                  "channels": [96, 192, 384],
+                                  "likelihood": {"name": "gaussian", "obs_std": 1.0},
+                                  "prior": "standard_normal"}
     assert conv["state_dict"]["encoder.6.weight"].shape == (384, 192, 3, 3)
     assert conv["optimizer"]["class"] == "AdamW"
     assert conv["optimizer"]["weight_decay"] == pytest.approx(1e-5)
