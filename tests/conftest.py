@@ -273,3 +273,15 @@ def tiny_repro(_tiny_baseline: DvcProject, tmp_path: Path) -> DvcProject:
     """A private copy of a project whose whole tiny pipeline is reproduced and committed:
     `dvc status` is clean, every output is in the work tree and in the DVC cache."""
     return copy_project(_tiny_baseline, tmp_path / "tiny")
+
+
+def saved_epochs(folder: Path) -> int:
+    """The epochs a training's resume state in ``folder`` holds (0 while there is none)."""
+    import torch
+
+    for path in Path(folder).glob("*.pt"):
+        try:
+            return torch.load(path, weights_only=True)["epoch"]
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass
+    return 0

@@ -222,19 +222,9 @@ def _untimed(path: Path):
     return path.read_bytes()
 
 
-def _saved_epochs(folder: Path) -> int:
-    """The epochs the resume state in ``folder`` holds (0 while there is none)."""
-    for path in folder.glob("*.pt"):
-        try:
-            return torch.load(path, weights_only=True)["epoch"]
-        except (OSError, RuntimeError, EOFError, KeyError):
-            pass
-    return 0
-
-
 @pytest.mark.slow  # each training run twice through DVC, once killed mid-way
 def test_a_killed_training_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_repro, tmp_path):
-    from conftest import copy_project
+    from conftest import copy_project, saved_epochs
 
     killed = tiny_repro
     states = Path(killed.env["VAEPIPE_RESUME_DIR"])
@@ -245,7 +235,7 @@ def test_a_killed_training_resumes_to_the_outputs_of_an_uninterrupted_run(tiny_r
         whole.dvc("repro", stage)
         proc = _start(killed, "repro", stage)
         deadline = time.monotonic() + 300
-        while _saved_epochs(states) < 2 and time.monotonic() < deadline:
+        while saved_epochs(states) < 2 and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()[0]
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage, in its third epoch or later

@@ -76,18 +76,6 @@ def test_two_workers_run_two_experiments_and_a_bad_one_fails_alone(tiny_repro):
     project.dvc("queue", "stop", check=False)
 
 
-def _saved_epochs(folder) -> int:
-    """The epochs a resume state in ``folder`` holds (0 while there is none)."""
-    import torch
-
-    for path in folder.glob("*.pt"):
-        try:
-            return torch.load(path, weights_only=True)["epoch"]
-        except (OSError, RuntimeError, EOFError, KeyError):
-            pass
-    return 0
-
-
 def _start_workers(project) -> None:
     """`dvc queue start -j 1`, returning at once: the worker it spawns keeps any pipe of ours
     open, so reading its output would wait for the whole queue."""
@@ -120,7 +108,7 @@ def _kill_stage(script: str) -> None:
 def test_a_killed_queued_experiment_resumes_when_queued_again(tiny_repro, tmp_path):
     from pathlib import Path
 
-    from conftest import copy_project
+    from conftest import copy_project, saved_epochs
 
     killed, whole = tiny_repro, copy_project(tiny_repro, tmp_path / "whole")
     settings = ["-S", "conv.epochs=150", "-S", "conv.channels=[16,32]"]  # about 15 s
@@ -129,7 +117,7 @@ def test_a_killed_queued_experiment_resumes_when_queued_again(tiny_repro, tmp_pa
     killed.dvc("exp", "run", "--queue", *settings, "-n", "first")
     _start_workers(killed)
     deadline = time.monotonic() + 300
-    while _saved_epochs(states) < 2 and time.monotonic() < deadline:
+    while saved_epochs(states) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     _kill_stage("stages/train.py --model conv")
     assert _wait_until_done(killed, {"first"}) == {"first": "Failed"}
