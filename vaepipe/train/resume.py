@@ -14,7 +14,6 @@ process at a time (a lock), and removed when the stage has finished.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -173,10 +172,8 @@ class Resume:
         state = {"format": STATE_FORMAT, "epoch": epoch, "epochs": epochs, "saved": time.time(),
                  "machine": machine(), "rng": rng_state(),
                  "extras": {name: get() for name, (get, _) in self._extras.items()}, **state}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
         with atomic_path(self.path) as tmp, tmp.open("wb") as fh:
-            fh.write(buffer.getvalue())
+            torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(self.path.parent)
