@@ -91,17 +91,21 @@ def _start_workers(project) -> None:
 def _kill_stage(script: str) -> None:
     """SIGKILL to the running stage ``script`` alone, as a preempted or OOM-killed stage: its
     process group is the queue worker's, which would die with it and leave the entry
-    'Running' for good."""
+    'Running' for good. The Python process itself, not the shell DVC runs it through
+    (``$SHELL -c``, or /bin/sh where SHELL is unset: dash forks instead of exec'ing, and
+    killing it would leave the stage running as an orphan)."""
     import os
     import signal
 
     import psutil
 
     for proc in psutil.process_iter(["cmdline"]):
-        if script in " ".join(proc.info["cmdline"] or []):
+        argv = proc.info["cmdline"] or []
+        if argv and os.path.basename(argv[0]).startswith("python") \
+                and script in " ".join(argv):
             os.kill(proc.pid, signal.SIGKILL)
             return
-    raise AssertionError(f"no running {script}")
+    raise AssertionError(f"no running python {script}")
 
 
 @pytest.mark.slow  # a queued experiment killed, queued again, and one run in the workspace
@@ -124,8 +128,9 @@ def test_a_killed_queued_experiment_resumes_when_queued_again(tiny_repro, tmp_pa
 
     killed.dvc("exp", "run", "--queue", *settings, "-n", "second")
     killed.dvc("queue", "start", "-j", "1")
-    assert _wait_until_done(killed, {"second"})["second"] == "Success"
+    status = _wait_until_done(killed, {"second"})["second"]
     logs = killed.dvc("queue", "logs", "second").stdout
+    assert status == "Success", logs
     assert re.search(r"train-conv: resuming at epoch \d+ of 150 \(saved ", logs), logs
     killed.dvc("exp", "apply", "second")
     for name in ("models/conv/epoch_01.pt", "models/conv/best.pt", "models/conv/final.pt"):

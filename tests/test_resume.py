@@ -129,6 +129,40 @@ def test_a_truncated_state_is_ignored_with_one_line(tmp_path):
     assert _untimed(again.history) == _untimed(whole.history)
 
 
+def test_outputs_removed_under_a_running_fit_keep_the_last_whole_state(tmp_path):
+    """A stage whose folder is deleted under it (DVC removing a failed experiment's copy while
+    an orphaned stage runs on): the state of the last epoch whose checkpoints were all there
+    is kept, the run says so in one line and saves no more; a rerun resumes from it."""
+    import shutil
+
+    cfg = MLPConfig(epochs=4, batch_size=16, warmup_epochs=3, hidden=(16,), latent_dim=2)
+    whole = _run(tmp_path, tmp_path / "whole", cfg, None)
+    out, lines = tmp_path / "cut", []
+
+    def delete_in_epoch_three(epoch, batch, model):
+        if epoch == 3 and batch == 1:
+            shutil.rmtree(out)
+
+    torch.manual_seed(0)
+    model = build_model("mlp", image_shape=(1, 28, 28), latent_dim=2, hidden=(16,))
+    train, val, files = _data(tmp_path)
+    resume = Resume("train-mlp", {"cfg": cfg.model_dump(), "out": "same"}, files,
+                    log=lines.append)
+    fit(model, train, val, cfg, 1.0, 3, torch.device("cpu"), out, progress=False,
+        on_batch=delete_in_epoch_three, resume=resume)
+    resume.release()
+    assert lines == [f"train-mlp: {out / 'epoch_01.pt'} removed while the stage ran; this "
+                     f"run neither resumes nor saves a state"]
+    assert torch.load(resume.path, weights_only=True)["epoch"] == 2
+    shutil.rmtree(out)
+    lines.clear()
+    again = _run(tmp_path, out, cfg, None, lines=lines)
+    assert lines[0].startswith("train-mlp: resuming at epoch 3 of 4")
+    assert _untimed(again.history) == _untimed(whole.history)
+    for name in ("epoch_01.pt", "best.pt", "final.pt"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
 def test_a_second_process_with_the_same_inputs_neither_resumes_nor_saves(tmp_path):
     _, _, files = _data(tmp_path)
     first, lines = Resume("train-mlp", {"a": 1}, files), []

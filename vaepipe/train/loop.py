@@ -122,7 +122,8 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
                        f"(recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
                        f"{len(train_x) / seconds:,.0f} img/s", file=sys.stderr)
         if resume is not None:
-            resume.save(epoch, cfg.epochs, fit_state(model, opt, gen, result, written))
+            resume.save(epoch, cfg.epochs,
+                        lambda: fit_state(model, opt, gen, result, written))
         if on_epoch is not None:
             on_epoch(result)
     if checkpoint_dir is not None:

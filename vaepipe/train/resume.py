@@ -165,9 +165,17 @@ class Resume:
             self.log(f"{self.stage}: saved under other settings ({differs}): the result may "
                      f"differ in the last bits from an uninterrupted run")
 
-    def save(self, epoch: int, epochs: int, state: dict) -> None:
-        """Write the state after ``epoch`` of ``epochs`` atomically and durably."""
+    def save(self, epoch: int, epochs: int, state: dict | Callable[[], dict]) -> None:
+        """Write the state after ``epoch`` of ``epochs`` atomically and durably; ``state``, or
+        the function that makes it, is called only while saving is on. Where the stage's
+        outputs were removed under it (a deleted experiment folder: FileNotFoundError), the
+        last good state is kept and this run saves no more, saying so in one line."""
         if not self.enabled:
+            return
+        try:
+            state = state() if callable(state) else state
+        except FileNotFoundError as exc:
+            self._disable(f"{exc}")
             return
         state = {"format": STATE_FORMAT, "epoch": epoch, "epochs": epochs, "saved": time.time(),
                  "machine": machine(), "rng": rng_state(),
@@ -208,10 +216,15 @@ def history_rows(rows: Iterable[dict]) -> list[dict]:
 
 
 def file_tensors(paths: Iterable[str | Path]) -> dict[str, torch.Tensor]:
-    """The files written so far among ``paths``, each as a uint8 tensor (a state restores
-    them; tensors, so the state loads with ``weights_only=True``)."""
+    """The files ``paths``, each as a uint8 tensor (a state restores them; tensors, so the
+    state loads with ``weights_only=True``). Every one must be there: a missing one was
+    removed under the running stage (FileNotFoundError), and a state without it would
+    resume into a run that lacks it."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} removed while the stage ran")
     return {str(p): torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8)
-            for p in paths if Path(p).is_file()}
+            for p in paths}
 
 
 def restore_files(files: dict[str, torch.Tensor]) -> None:
