@@ -11,7 +11,7 @@ RUN    := PATH="$(BIN):$$PATH"
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 FAST   := $(RUN) $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: env test-env repro quick replicates compare test test-all bench bench-train bench-queue bench-layouts bench-alloc clean-env
+.PHONY: env test-env repro quick replicates compare grid test test-all bench bench-train bench-queue bench-grid bench-layouts bench-alloc clean-env
 
 env: $(VENV)/.installed
 
@@ -65,6 +65,12 @@ replicates: env
 compare: env
 	$(RUN) python -m vaepipe.compare --png reports/compare.png
 
+# A grid of experiments on a Dask cluster, one point per task (docs/cluster.md): GRID holds the
+# `-S` settings, SCHEDULER a running scheduler's address (default: a local cluster here)
+GRID ?= -S seed=1,2
+grid: env
+	$(FAST) python -m vaepipe.grid $(GRID) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
 test: test-env
 	$(RUN) python -m pytest -m "not slow"
 
@@ -82,6 +88,11 @@ bench-train: test-env
 
 bench-queue: test-env
 	$(FAST) python bench/exp_queue.py
+
+# a 4-point seed grid one after another, with `dvc queue start -j 2` and through
+# `python -m vaepipe.grid` (2 local workers), at a reduced budget on the real data
+bench-grid: test-env
+	$(FAST) python bench/grid.py
 
 # channels-last against contiguous conv models, one process, alternating blocks of steps
 bench-layouts: test-env

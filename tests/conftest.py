@@ -277,11 +277,14 @@ def tiny_repro(_tiny_baseline: DvcProject, tmp_path: Path) -> DvcProject:
 
 def saved_epochs(folder: Path) -> int:
     """The epochs a training's resume state in ``folder`` holds (0 while there is none)."""
+    return next((n for n in map(state_epochs, Path(folder).glob("*.pt")) if n), 0)
+
+
+def state_epochs(state: Path) -> int:
+    """The epochs the resume state file ``state`` holds (0 while it is absent or partial)."""
     import torch
 
-    for path in Path(folder).glob("*.pt"):
-        try:
-            return torch.load(path, weights_only=True)["epoch"]
-        except (OSError, RuntimeError, EOFError, KeyError):
-            pass
-    return 0
+    try:
+        return torch.load(state, weights_only=True)["epoch"]
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return 0

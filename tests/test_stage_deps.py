@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # a docstring (test_packages_import_nothing).
 SHARED = ("vaepipe/config.py", "vaepipe/io.py", "vaepipe/runtime.py")
 # `python -m vaepipe.<name>` commands: no stage imports them, they may import any package
-COMMANDS = ("vaepipe/compare.py", "vaepipe/sample.py")
+COMMANDS = ("vaepipe/compare.py", "vaepipe/grid.py", "vaepipe/sample.py")
 PACKAGE_INITS = {p.relative_to(ROOT).as_posix() for p in (ROOT / "vaepipe").rglob("__init__.py")}
 NOT_DEPS = {*SHARED, *PACKAGE_INITS}
 # The library's packages, in the one direction their imports may go: a module imports from its
