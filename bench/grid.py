@@ -71,7 +71,7 @@ def baseline(tmp: Path, env: dict) -> tuple[Path, dict]:
     run(project, "git", "commit", "-qam", "bench: reduced budget", env=env)
     bare = tmp / "remote.git"
     run(tmp, "git", "init", "-q", "--bare", "-b", "main", str(bare), env=env)
-    run(project, "git", "remote", "add", "origin", str(bare), env=env)
+    run(project, "git", "remote", "set-url", "origin", str(bare), env=env)
     run(project, "git", "push", "-q", "origin", "HEAD:main", env=env)
     run(project, dvc, "remote", "add", "-d", "storage", str(tmp / "dvc-store"), env=env)
     start = time.monotonic()

@@ -84,6 +84,14 @@ def test_nothing_is_submitted_until_the_remotes_hold_what_workers_need(tiny_repr
     assert line == f"error: --rev: 'no-such-branch' is not a commit of {project.root}"
     line = _one_error(_grid(project, "-S", "seed=1,2", "--workers", "0"))
     assert line == "error: --workers must be between 1 and 512, got 0"
+    project.dvc("push", "-q", "--run-cache")
+    # the work tree's own outputs (an experiment applied here, say) are not the commit's
+    with (project.root / "reports/report.html").open("a") as html:
+        html.write("<!-- changed in the work tree -->\n")
+    project.dvc("commit", "-q", "-f", "visualize")
+    line = _one_error(_grid(project, "-S", "seed=1,2", "--scheduler", "tcp://127.0.0.1:9"))
+    assert line.startswith("error: --scheduler: cannot reach a Dask scheduler at "
+                           "tcp://127.0.0.1:9 ("), line
 
 
 def _exp_refs(bare: Path) -> list[str]:

@@ -149,9 +149,12 @@ def check_dvc(root: Path, commit: str, remote: str | None) -> tuple[str, str]:
         name, url = dvc_remote(probe, remote)
     extra = {"remote": {name: {"url": url}}} if name == CLONE_REMOTE else None
     with Repo(str(root), config=extra) as repo:
-        used = repo.used_objs(revs=[commit], remote=name)
+        used: dict = {}
+        for _ in repo.brancher(revs=[commit], workspace=False):  # the commit, not the work tree
+            for odb, objs in repo.index.used_objs(remote=name).items():
+                used.setdefault(odb, set()).update(objs)
         missing = 0
-        for odb, objs in used.items():
+        for odb, objs in used.items():  # outside the commit: its config may lack the remote
             status = repo.cloud.status(objs, remote=name, odb=odb)
             missing += len(status.new) + len(status.missing)
         if missing:
@@ -305,11 +308,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        client, cluster = _connect(args)
+    except (OSError, ValueError) as exc:  # refused, timed out, or not an address
+        where = (f"--scheduler: cannot reach a Dask scheduler at {args.scheduler}"
+                 if args.scheduler else "the local Dask cluster did not start")
+        print(f"error: {where} ({str(exc).splitlines()[0]})", file=sys.stderr)
+        return 2
     print(f"grid: {len(points)} point(s) of commit {points[0].commit[:8]}, "
           f"{points[0].threads} torch thread(s) each", flush=True)
-    client, cluster = _connect(args)
     try:
         progress = submit(client, points)
+    except KeyboardInterrupt:
+        print("grid: interrupted; the points that landed stay on the remotes, and the same "
+              "command runs only the others", file=sys.stderr)
+        return 130
     finally:
         client.close()
         if cluster is not None:
@@ -357,7 +370,7 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
     if args.scheduler is not None:
-        return Client(args.scheduler, timeout="30s"), None
+        return Client(args.scheduler, timeout="10s"), None
     # a worker gets a point only when its thread is free: none waits behind a busy worker
     # while another is idle (Dask's default hands a 1-thread worker two)
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
