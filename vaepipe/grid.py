@@ -17,7 +17,8 @@ the baseline's outputs and run-cache are on the DVC remote (``dvc push --run-cac
 in one line what to push if not. Scheduling, retries and a dead worker's lost task are Dask's:
 a task that finds its point already on the git remote returns it without running it again, so
 a point never lands twice. Exit codes: 0 every point landed, 1 some failed (each with its
-one-line error), 2 bad arguments or remotes not ready (nothing submitted).
+one-line error), 2 bad arguments, remotes not ready or no scheduler (nothing submitted), 130
+interrupted (what landed stays; the same command then runs the rest).
 """
 from __future__ import annotations
 
