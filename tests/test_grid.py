@@ -100,21 +100,13 @@ def _exp_refs(bare: Path) -> list[str]:
     return [line.split()[1].rsplit("/", 1)[1] for line in out.splitlines()]
 
 
-def _shown(project) -> dict[str, dict]:
-    """experiment name -> its params and metrics (flattened), from `dvc exp show --json`."""
-    from vaepipe.config import flatten
+def _shown(project) -> dict:
+    """run label (an experiment's name) -> its Run (params and metrics flattened), read from
+    `dvc exp show --json` the way `make compare` reads it."""
+    from vaepipe.compare import runs_from_exp_show
 
-    runs = {}
-    for baseline in json.loads(project.dvc("exp", "show", "--json").stdout):
-        for exp in baseline.get("experiments") or []:
-            for rev in exp.get("revs", []):
-                data = rev["data"]
-                metrics = {}
-                for path, entry in (data.get("metrics") or {}).items():
-                    metrics.update(flatten(entry["data"], path))
-                runs[rev["name"]] = {"params": flatten(data["params"]["params.yaml"]["data"]),
-                                     "metrics": metrics}
-    return runs
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    return {run.label: run for run in runs_from_exp_show(shown)}
 
 
 def _landed(output: str) -> dict[str, str]:
@@ -219,8 +211,8 @@ def test_a_grid_on_a_scheduler_and_two_workers_survives_a_killed_worker(tiny_rep
             run = shown[name]
             for setting in settings.split():
                 key, value = setting.split("=", 1)
-                assert str(run["params"][key]).replace(" ", "") == value
-            assert run["metrics"]["reports/evaluate.json.conv.best.nelbo"] > 0
+                assert str(run.params[key]).replace(" ", "") == value
+            assert run.metrics["conv.best.nelbo"] > 0
         resumed = re.findall(r"^  (grid-\w+): train-conv: resuming at epoch (\d+) of 15[01] ",
                              output, re.M)
         assert resumed, output

@@ -82,11 +82,10 @@ def _git(root: Path, *args: str, check: bool = True) -> str:
 
 
 def resolve_commit(root: Path, rev: str) -> str:
-    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                          cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
+    commit = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    if not commit:  # --quiet: nothing on stdout where rev is no commit
         raise GridError(f"--rev: {rev!r} is not a commit of {root}")
-    return proc.stdout.strip()
+    return commit
 
 
 def git_url(root: Path, remote: str) -> str:
@@ -111,11 +110,9 @@ def check_git(root: Path, url: str, commit: str, remote: str) -> None:
         raise GridError(f"the git remote {url} cannot be read: "
                         f"{last_error(proc.stderr) or 'git ls-remote failed'}")
     tips = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
-    for tip in tips:
-        known = subprocess.run(["git", "cat-file", "-e", f"{tip}^{{commit}}"], cwd=root,
-                               capture_output=True).returncode == 0
-        if known and subprocess.run(["git", "merge-base", "--is-ancestor", commit, tip],
-                                    cwd=root, capture_output=True).returncode == 0:
+    for tip in tips:  # a tip this repository does not have exits 128: not an ancestor
+        if subprocess.run(["git", "merge-base", "--is-ancestor", commit, tip], cwd=root,
+                          capture_output=True).returncode == 0:
             return
     raise GridError(f"commit {commit[:8]} is not on the git remote {url}: push it first "
                     f"(git push {remote} HEAD:<branch>)")
