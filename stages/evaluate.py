@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     cfg, seed = params.evaluate, params.seed
     ref = build_reference(splits["train"], splits["val"], splits["test"], classifier, cfg, seed,
-                          device)
+                          device, params.data.binarize_seed)
     metrics: dict = {}
     details: dict = {"reference_seconds": time.perf_counter() - start}
     for kind, by_ckpt in models.items():

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     data = params.data
     try:
         manifest = write_split(args.raw, args.out, data.dataset, data.val_fraction,
-                               data.split_seed, data.test_fraction)
+                               data.split_seed, data.test_fraction, data.split_order)
     except (DataError, ValueError, FileNotFoundError) as exc:
         # DataFormatError names the bad file; ValueError: a split left empty by val_fraction;
         # FileNotFoundError: a missing raw file (run the download stage first)

@@ -16,7 +16,7 @@ from vaepipe import runtime
 from vaepipe.config import ConfigError, check_batch_size, load_params, to_dict, training_data
 from vaepipe.data.arrays import load_splits, split_file
 from vaepipe.io import check_output, write_json
-from vaepipe.models.batches import binarize_fixed
+from vaepipe.models.batches import binarize_eval_splits
 from vaepipe.models.vae import MODELS, build_model, model_args
 from vaepipe.train.device import DeviceError, resolve_device
 from vaepipe.train.loop import fit, summarize, write_history
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                         **model_args(args.model, section))
     pixels = model.likelihood.training_pixels(params.data.dequantize, params.data.binarize)
     if pixels == "binarized":  # validated on one fixed binarization, as evaluate tests
-        val_x = binarize_fixed(val_x)
+        val_x = binarize_eval_splits(val_x, val_x[:0], params.data.binarize_seed)[0]
     # not data.mirror: the same files from another directory must give the same checkpoint
     # bytes (and DVC hashes); nor a folder's keys, unless the data is a folder
     data = training_data(params.data)

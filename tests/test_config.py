@@ -85,7 +85,7 @@ REJECTED = [
     ({"conv": {"likelihood": "mse"}},
      "conv.likelihood must be one of bernoulli, gaussian, continuous_bernoulli, discretized_logistic; got 'mse'"),
     ({"conv": {"obs_std": 0}}, "conv.obs_std must be > 0, got 0.0"),
-    ({"conv": {"optimizer": "sgd"}}, "conv.optimizer must be one of adam, adamw; got 'sgd'"),
+    ({"conv": {"optimizer": "sgd"}}, "conv.optimizer must be one of adam, adamw, adamnormgrad; got 'sgd'"),
     ({"conv": {"grad_clip": -1}}, "conv.grad_clip must be >= 0, got -1.0"),
     ({"conv": {"kl_schedule": "sigmoid"}},
      "conv.kl_schedule must be one of constant, linear, cyclical; got 'sigmoid'"),

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Activation = Literal["relu", "leaky_relu"]
 Binarize = Literal["none", "dynamic"]
-Optimizer = Literal["adam", "adamw"]
+Optimizer = Literal["adam", "adamw", "adamnormgrad"]
+SplitOrder = Literal["seeded", "file"]
+KLEstimate = Literal["closed_form", "single_sample"]
 KLSchedule = Literal["constant", "linear", "cyclical"]
 
 # strict=True: no silent coercion ("1" is not 1, true is not 1); a float field still takes an
@@ -50,9 +52,15 @@ class DataConfig(_Section):
     mirror: str | None = Field(None, description="a directory holding the dataset's files")
     val_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False)
     split_seed: int = Field(42, ge=0)
+    split_order: SplitOrder = Field("seeded", description="seeded: a seeded random validation "
+                                    "split; file: the last images in file order")
     dequantize: bool = Field(False, description="add U[0,1) noise to the 8-bit pixels")
     binarize: Binarize = Field("none", description="dynamic: Bernoulli pixels drawn anew each "
                                                    "training epoch, once for validation/test")
+    binarize_seed: int | None = Field(None, ge=0, description="the fixed binarization of "
+                                      "validation and test: null, a seeded draw per split; an "
+                                      "integer, numpy's legacy RandomState(seed) drawing "
+                                      "validation then test, as the VampPrior code does")
     # dataset: folder only (the named datasets keep their own size, channels and test set)
     path: str = Field("data/images", min_length=1, description="the folder of images")
     image_size: Literal[28, 32, 64] = 32
@@ -83,17 +91,30 @@ class TrainConfig(_Section):
     obs_std: float = Field(1.0, gt=0, allow_inf_nan=False,
                            description="fixed pixel standard deviation of the gaussian likelihood")
     prior: str = "standard_normal"
+    kl_estimate: KLEstimate = Field("closed_form", description="closed_form where the prior has "
+                                    "one; single_sample: log q(z|x) - log p(z) at the draw")
+    gated: bool = Field(False, description="gated layers (h = Wx * sigmoid(Vx)), a logvar head "
+                        "bounded to [-6, 2] and He-initialised weights, as the VampPrior code")
     epochs: PositiveInt = 25
     batch_size: PositiveInt = 128
     optimizer: Optimizer = "adam"
     lr: LearningRate = 1e-3
     weight_decay: NonNegative = 0.0
     grad_clip: NonNegative = Field(0.0, description="max gradient norm; 0 disables clipping")
+    patience: NonNegativeInt = Field(0, description="stop once more than this many epochs in a "
+                                     "row, from the warm-up's end on, brought no better "
+                                     "validation loss; epochs is then the maximum; 0: off")
     kl_schedule: KLSchedule = "constant"
     warmup_epochs: NonNegativeInt = Field(0, description="linear: epochs to reach beta")
     cycles: PositiveInt = Field(4, description="cyclical: number of cycles over the run")
     cycle_ratio: float = Field(0.5, gt=0, le=1, allow_inf_nan=False,
                                description="cyclical: fraction of each cycle spent increasing")
+
+
+def warmup_end(cfg: TrainConfig) -> int:
+    """The last epoch of the linear KL warm-up (0 for the other schedules): early stopping
+    counts epochs from it on."""
+    return cfg.warmup_epochs if cfg.kl_schedule == "linear" else 0
 
 
 class MLPConfig(TrainConfig):

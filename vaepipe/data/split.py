@@ -14,11 +14,14 @@ from vaepipe.data.formats import load_raw
 from vaepipe.io import write_json
 
 
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``range(n)`` into sorted (train, validation) index arrays.
+def split_train_val(n: int, val_fraction: float, seed: int, order: str = "seeded"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Split of ``range(n)`` into sorted (train, validation) index arrays.
 
-    The validation split takes the first ``int(n * val_fraction)`` entries of
-    ``default_rng(seed).permutation(n)``; both splits must end up non-empty.
+    The validation split takes ``int(n * val_fraction)`` entries: with ``order`` "seeded" the
+    first ones of ``default_rng(seed).permutation(n)``, with "file" the last ones in file order
+    (the literature's Fashion-MNIST protocol: images 50,000 to 59,999 validate). Both splits
+    must end up non-empty.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be > 0 and < 1, got {val_fraction!r}")
@@ -26,6 +29,10 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     if n_val < 1 or n_val >= n:
         raise ValueError(f"val_fraction {val_fraction} of {n} images leaves an empty split "
                          f"({n - n_val} train, {n_val} val)")
+    if order == "file":
+        return np.arange(n - n_val), np.arange(n - n_val, n)
+    if order != "seeded":
+        raise ValueError(f"split order must be seeded or file, got {order!r}")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -62,18 +69,20 @@ def _md5_of(arr: np.ndarray) -> str:
 
 
 def write_split(raw_dir: str | Path, out_dir: str | Path, dataset: str, val_fraction: float,
-                seed: int, test_fraction: float | None = None) -> dict[str, Any]:
+                seed: int, test_fraction: float | None = None, order: str = "seeded"
+                ) -> dict[str, Any]:
     """Split the raw images into train/val/test and save them.
 
     A named dataset keeps its official test set and holds ``val_fraction`` of its training set
-    out; a folder (``dataset`` "folder") has no test set, so :func:`stratified_split` makes
+    out (``order``: :func:`split_train_val`); a folder (``dataset`` "folder") has no test set, so :func:`stratified_split` makes
     both with ``test_fraction``. Writes ``train.npz``, ``val.npz`` and ``test.npz``
     (uncompressed; ``images`` uint8 (N, C, H, W), ``labels`` int64) and last ``manifest.json``
     (dataset, counts and per-class counts per split, class names, image shape, md5 of every
     array's bytes, the split parameters), each atomically. Returns the manifest.
     """
     out_dir = Path(out_dir)
-    params: dict[str, Any] = {"val_fraction": val_fraction, "split_seed": seed}
+    params: dict[str, Any] = {"val_fraction": val_fraction, "split_seed": seed,
+                              **({"split_order": order} if order != "seeded" else {})}
     if dataset == "folder":
         images, labels, class_names = load_ingested(raw_dir)
         train_idx, val_idx, test_idx = stratified_split(labels, class_names, test_fraction,
@@ -86,7 +95,7 @@ def write_split(raw_dir: str | Path, out_dir: str | Path, dataset: str, val_frac
         spec = get_spec(dataset)
         class_names, image_shape = list(spec.class_names), list(spec.image_shape)
         train_x, train_y, test_x, test_y = load_raw(dataset, raw_dir)
-        train_idx, val_idx = split_train_val(len(train_x), val_fraction, seed)
+        train_idx, val_idx = split_train_val(len(train_x), val_fraction, seed, order)
         splits = {
             "train": (train_x[train_idx], train_y[train_idx]),
             "val": (train_x[val_idx], train_y[val_idx]),

@@ -38,7 +38,7 @@ from vaepipe.evaluate.measures import (active_units, bce_floor, binary_entropy_p
                                        diversity, frechet_distance, gaussian_stats, kl_per_dim,
                                        knn_radii, precision_recall, probe_accuracy,
                                        share_standard_error, silhouette, subsample, unit_activity)
-from vaepipe.models.batches import binarize_fixed, decode_mean, encode
+from vaepipe.models.batches import binarize_eval_splits, decode_mean, encode
 from vaepipe.models.vae import VAE
 
 FROZEN_SIGMAS = (0.1, 0.5, 1.0)
@@ -104,6 +104,7 @@ class Reference:
     probe_y: np.ndarray
     iwae_index: torch.Tensor    # int64, a seeded subset of the test set (the IWAE gain's)
     test_floor: np.ndarray      # float64 (N,): each test image's BCE floor
+    test_binary: torch.Tensor   # uint8 0 / 255: the one fixed binarization of the test set
     # the classifier's features; all None when the data has one class (no classifier)
     test_features: np.ndarray | None  # (N, F)
     test_stats: tuple[np.ndarray, np.ndarray] | None
@@ -120,14 +121,16 @@ def _subset(n: int, size: int, seed: int, offset: int) -> np.ndarray:
 
 def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                     test: tuple[np.ndarray, np.ndarray], classifier: Classifier | None,
-                    cfg: EvaluateConfig, seed: int, device: torch.device) -> Reference:
+                    cfg: EvaluateConfig, seed: int, device: torch.device,
+                    binarize_seed: int | None = None) -> Reference:
     """Subsets, real-image features and the real-vs-real floor of every measure.
 
     ``fid_real`` (and ``precision_real`` / ``recall_real``) compare validation images (held
     out of the official training set; neither the VAEs nor the classifier trained on them)
     with the test set, using as many images as a generated set has, so the floor carries the
     same small-sample bias as the models' numbers. With no ``classifier`` (data of one class)
-    there are no features and none of these three.
+    there are no features and none of these three. ``binarize_seed``: how the test set is
+    binarized for models of binarized pixels (:func:`binarize_eval_splits`).
     """
     test_x = torch.as_tensor(test[0]).to(device)
     probe = _subset(len(train[0]), cfg.probe_images, seed, SUBSET_PROBE)
@@ -150,7 +153,9 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
                    real_images=len(real), test_images=len(test_x))
     return Reference(test_x, test[1], torch.as_tensor(train[0][probe]).to(device),
                      train[1][probe], torch.as_tensor(iwae).to(device),
-                     binary_entropy_per_image(test[0]), test_features, test_stats,
+                     binary_entropy_per_image(test[0]),
+                     torch.as_tensor(binarize_eval_splits(val[0], test[0], binarize_seed)[1]
+                                     ).to(device), test_features, test_stats,
                      torch.as_tensor(pr), pr_real, pr_radii, numbers)
 
 
@@ -277,8 +282,7 @@ def evaluate_checkpoint(model: VAE, ref: Reference, classifier: Classifier | Non
     measured. Every call of the model goes through :func:`vaepipe.models.batches.inference`."""
     clock = _Clock()
     binarized = pixels == "binarized"
-    scored = ref.test_x if not binarized else torch.as_tensor(
-        binarize_fixed(ref.test_x.cpu().numpy())).to(ref.test_x.device)
+    scored = ref.test_binary if binarized else ref.test_x
     floor = ref.test_floor if not binarized else binary_entropy_per_image(scored.cpu().numpy())
     scorings = scorings_of(model.likelihood, binarized)
     m, nelbo, rate_nats = elbo_metrics(model, scored, scorings, floor, seed * 1000 + NOISE_ELBO)

@@ -49,6 +49,22 @@ def binarize_fixed(images: np.ndarray, seed: int = BINARIZE_SEED) -> np.ndarray:
     return np.where(draw < images / np.float32(255.0), 255, 0).astype(np.uint8)
 
 
+def binarize_eval_splits(val: np.ndarray, test: np.ndarray, seed: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The one fixed binarization of the validation and test images (uint8 0 / 255).
+
+    ``seed`` None: :func:`binarize_fixed` of each split with :data:`BINARIZE_SEED`. An integer:
+    the VampPrior code's draw, numpy's legacy global generator seeded with ``seed`` drawing
+    ``binomial(1, v / 255)`` for every validation pixel and then every test pixel, one stream
+    (the literature's Fashion-MNIST protocol uses 777).
+    """
+    if seed is None:
+        return binarize_fixed(val), binarize_fixed(test)
+    rng = np.random.RandomState(seed)
+    drawn = [rng.binomial(1, images / 255.0) for images in (val, test)]  # float64 p, as theirs
+    return tuple((d * 255).astype(np.uint8) for d in drawn)
+
+
 @contextlib.contextmanager
 def inference(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no autograd inside the block; the model's previous mode is restored after,

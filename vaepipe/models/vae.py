@@ -36,16 +36,22 @@ class VAE(nn.Module):
     prior: Prior
     model_args: dict
 
+    kl_estimate: str = "closed_form"
+
     def _describe(self, image_shape, latent_dim: int, likelihood: str | dict, prior: str,
-                  **args) -> None:
-        """Set the attributes every model has and ``model_args`` (lists, as JSON has them)."""
+                  kl_estimate: str = "closed_form", **args) -> None:
+        """Set the attributes every model has and ``model_args`` (lists, as JSON has them).
+        ``kl_estimate``: ``closed_form`` uses the prior's closed-form KL where it has one,
+        ``single_sample`` always the one-draw estimate log q(z | x) - log p(z)."""
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
         self.likelihood = make_likelihood(likelihood)
         self.prior = build_prior(prior, latent_dim)
+        self.kl_estimate = kl_estimate
         self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
                            **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
-                           "likelihood": self.likelihood.spec(), "prior": prior}
+                           "likelihood": self.likelihood.spec(), "prior": prior,
+                           "kl_estimate": kl_estimate}
 
     @property
     def out_channels(self) -> int:
@@ -54,6 +60,8 @@ class VAE(nn.Module):
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """KL(q(z | x) || p(z)) per image under the model's prior, (B,)."""
+        if self.kl_estimate == "single_sample":
+            return Prior.kl(self.prior, mu, logvar, z, self.encode)
         return self.prior.kl(mu, logvar, z, self.encode)
 
     def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,8 +99,48 @@ def _activation(name: str, negative_slope: float) -> nn.Module:
     raise ValueError(f"activation must be relu or leaky_relu, got {name!r}")
 
 
+class GatedDense(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c) (Dauphin et al. 2017), the VampPrior code's dense layer.
+    W and V are one Linear of twice the width: one matrix product per layer."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = nn.Linear(n_in, 2 * n_out)
+
+    def forward(self, x):
+        h, g = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(g)
+
+
+def bounded_logvar(n_in: int, n_out: int) -> nn.Module:
+    """The gated models' log-variance head: linear, then clamped to [-6, 2] (Hardtanh)."""
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.Hardtanh(-6.0, 2.0))
+
+
+def he_init(module: nn.Module) -> None:
+    """Every Linear weight ~ N(0, 2 / fan_in), biases as PyTorch draws them (the VampPrior
+    code's initialisation of its gated models)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.in_features))
+
+
+def dense_stack(widths: list[int], gated: bool, activation: str, negative_slope: float
+                ) -> list[nn.Module]:
+    """Layers from ``widths[0]`` through each later width: gated, or Linear + activation."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(widths, widths[1:]):
+        layers += ([GatedDense(n_in, n_out)] if gated else
+                   [nn.Linear(n_in, n_out), _activation(activation, negative_slope)])
+    return layers
+
+
 class MLPVAE(VAE):
-    """Fully connected VAE: D -> hidden... -> (mu, logvar) in R^z -> reversed hidden -> D."""
+    """Fully connected VAE: D -> hidden... -> (mu, logvar) in R^z -> reversed hidden -> D.
+
+    ``gated``: the VampPrior code's VAE, gated dense layers, a log-variance bounded to
+    [-6, 2] and He-initialised weights (``activation`` is then unused).
+    """
 
     kind = "mlp"
     title = "MLP VAE"
@@ -100,27 +148,24 @@ class MLPVAE(VAE):
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 32,
                  hidden: tuple[int, ...] = (512, 256), activation: str = "leaky_relu",
                  negative_slope: float = 0.2, likelihood: str | dict = "bernoulli",
-                 prior: str = "standard_normal"):
+                 prior: str = "standard_normal", kl_estimate: str = "closed_form",
+                 gated: bool = False):
         super().__init__()
-        self._describe(image_shape, latent_dim, likelihood, prior, hidden=hidden,
-                       activation=activation, negative_slope=negative_slope)
+        self._describe(image_shape, latent_dim, likelihood, prior, kl_estimate, hidden=hidden,
+                       activation=activation, negative_slope=negative_slope, gated=gated)
         d = math.prod(image_shape)
         out_shape = (self.out_channels, *image_shape[1:])
-        layers: list[nn.Module] = [nn.Flatten()]
-        prev = d
-        for h in hidden:
-            layers += [nn.Linear(prev, h), _activation(activation, negative_slope)]
-            prev = h
-        self.encoder = nn.Sequential(*layers)
-        self.fc_mu = nn.Linear(prev, latent_dim)
-        self.fc_logvar = nn.Linear(prev, latent_dim)
-        layers = []
-        prev = latent_dim
-        for h in reversed(hidden):
-            layers += [nn.Linear(prev, h), _activation(activation, negative_slope)]
-            prev = h
-        layers += [nn.Linear(prev, math.prod(out_shape)), nn.Unflatten(1, out_shape)]
-        self.decoder = nn.Sequential(*layers)
+        stack = [d, *hidden]
+        self.encoder = nn.Sequential(nn.Flatten(),
+                                     *dense_stack(stack, gated, activation, negative_slope))
+        self.fc_mu = nn.Linear(hidden[-1], latent_dim)
+        self.fc_logvar = (bounded_logvar(hidden[-1], latent_dim) if gated else
+                          nn.Linear(hidden[-1], latent_dim))
+        self.decoder = nn.Sequential(
+            *dense_stack([latent_dim, *reversed(hidden)], gated, activation, negative_slope),
+            nn.Linear(hidden[0], math.prod(out_shape)), nn.Unflatten(1, out_shape))
+        if gated:
+            he_init(self)
 
     def encode(self, x):
         h = self.encoder(x)  # (B, hidden[-1])
@@ -151,9 +196,10 @@ class ConvVAE(VAE):
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 16,
                  channels: tuple[int, ...] = (32, 64), likelihood: str | dict = "bernoulli",
-                 prior: str = "standard_normal"):
+                 prior: str = "standard_normal", kl_estimate: str = "closed_form"):
         super().__init__()
-        self._describe(image_shape, latent_dim, likelihood, prior, channels=channels)
+        self._describe(image_shape, latent_dim, likelihood, prior, kl_estimate,
+                       channels=channels)
         c_in, height, width = image_shape
         hs = conv_output_sizes(height, len(channels))
         ws = conv_output_sizes(width, len(channels))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vaepipe.config import TrainConfig
+from vaepipe.config import TrainConfig, warmup_end
 from vaepipe.io import atomic_path
 from vaepipe.models.batches import to_unit_float
 from vaepipe.models.vae import VAE
@@ -34,8 +34,32 @@ def scheduled_kl_weight(cfg: TrainConfig, epoch: int, beta: float) -> float:
                      cfg.cycle_ratio)
 
 
+class AdamNormGrad(torch.optim.Adam):
+    """Adam on normalised gradients: before each step every parameter's gradient is divided by
+    its L2 norm (plus 1e-7), as the VampPrior authors' optimizer does (Tomczak & Welling 2018).
+    Their step adds Adam's epsilon before the bias correction of the second moment, PyTorch's
+    after it; with eps 1e-8 the two differ in the first steps only, by far less than a
+    rounding of the data."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("AdamNormGrad normalises the gradients already computed: no closure")
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads)
+            torch._foreach_add_(norms, 1e-7)
+            torch._foreach_div_(grads, norms)
+        return super().step()
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+              "adamnormgrad": AdamNormGrad}
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    cls = OPTIMIZERS[cfg.optimizer]
     # fused=True: one kernel for the whole update instead of one per tensor (the same
     # algorithm; bench/README.md has the measured speed-up)
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -46,6 +70,17 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best: dict = field(default_factory=dict)
+    patience: int = 0    # early stopping (0: off)
+    warmup_end: int = 0  # the last epoch of the KL warm-up: epochs before it are not counted
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether more than ``patience`` epochs in a row, from the warm-up's last epoch on,
+        brought no better validation loss: training ends here. The VampPrior code's rule: its
+        counter restarts at every better epoch and at every epoch before the warm-up's end."""
+        done = len(self.history)
+        return (self.patience > 0
+                and done - max(self.best_epoch, self.warmup_end - 1) > self.patience)
 
     @property
     def train_seconds(self) -> float:
@@ -97,9 +132,12 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
     state = resume.load() if resume is not None else None
     if state is not None:
         result = restore_state(state, model, opt, gen)
-        if on_epoch is not None:
-            on_epoch(result)
+    result.patience, result.warmup_end = cfg.patience, warmup_end(cfg)
+    if state is not None and on_epoch is not None:
+        on_epoch(result)
     for epoch in range(len(result.history) + 1, cfg.epochs + 1):
+        if result.stopped_early:
+            break
         weight = scheduled_kl_weight(cfg, epoch, beta)
         after_batch = None if on_batch is None else (
             lambda b, epoch=epoch: on_batch(epoch, b, model))
@@ -128,8 +166,12 @@ def fit(model: VAE, train_images: np.ndarray | torch.Tensor, val_images: np.ndar
             on_epoch(result)
     if checkpoint_dir is not None:
         save_checkpoint(Path(checkpoint_dir) / f"{CHECKPOINTS[2]}.pt", model,
-                        {"epoch": cfg.epochs, "metrics": _val_metrics(result.history[-1]),
-                         **meta})
+                        {"epoch": result.history[-1]["epoch"],
+                         "metrics": _val_metrics(result.history[-1]), **meta})
+    if progress and result.stopped_early:
+        tqdm.write(f"{model.kind}: stopped at epoch {len(result.history)}: no better validation "
+                   f"loss in the {cfg.patience} epochs after epoch {result.best_epoch}",
+                   file=sys.stderr)
     return result
 
 
@@ -242,6 +284,8 @@ def summarize(result: FitResult, device: torch.device, model: VAE, partial: bool
         "best_val_kl": result.best["val_kl"],
         "final_val_nelbo": last["val_nelbo"],
         "epochs": last["epoch"],
+        **({"stopped_early": result.stopped_early, "patience": result.patience}
+           if result.patience else {}),
         "train_seconds": result.train_seconds,
         "images_per_second": float(np.mean([h["images_per_second"] for h in result.history])),
         "parameters": sum(p.numel() for p in model.parameters()),
