@@ -77,8 +77,10 @@ def main(argv=None) -> int:
             if twin is not None:
                 result = done[twin]
             else:
+                # the literature's test NLL where asked for, on the best checkpoint only
+                k = cfg.nll_samples.get(kind, 0) if name == "best" else 0
                 result = evaluate_checkpoint(model, ref, classifier, cfg, seed,
-                                             trained_pixels(ckpt))
+                                             trained_pixels(ckpt), k)
                 done[name] = result
             metrics.setdefault(kind, {})[name] = result.metrics
             details.setdefault(kind, {})[name] = {"epoch": ckpt["epoch"], "same_weights_as": twin,
@@ -89,6 +91,8 @@ def main(argv=None) -> int:
                   + (f"8-bit {rate:.3f} bits/dim, " if rate is not None else "binarized, ")
                   + f"nelbo {result.metrics['nelbo']:.2f}, iwae "
                   f"{result.metrics['iwae_nll']:.2f}, "
+                  + (f"test nll {result.metrics['test_nll']:.2f} "
+                     f"(K={cfg.nll_samples[kind]}), " if "test_nll" in result.metrics else "")
                   + (f"fid {result.metrics['fid']:.2f}, " if classifier is not None else "")
                   + f"{sum(result.details['seconds'].values()):.1f} s")
     metrics["reference"] = ref.numbers

@@ -91,8 +91,12 @@ class TrainConfig(_Section):
     obs_std: float = Field(1.0, gt=0, allow_inf_nan=False,
                            description="fixed pixel standard deviation of the gaussian likelihood")
     prior: str = "standard_normal"
+    pseudo_inputs: PositiveInt = Field(500, description="vampprior only: learned pseudo-inputs "
+                                       "(the VampPrior authors' code: 500)")
     kl_estimate: KLEstimate = Field("closed_form", description="closed_form where the prior has "
                                     "one; single_sample: log q(z|x) - log p(z) at the draw")
+    levels: Literal[1, 2] = Field(1, description="stochastic levels: 2 is the HVAE's "
+                                  "q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2)")
     gated: bool = Field(False, description="gated layers (h = Wx * sigmoid(Vx)), a logvar head "
                         "bounded to [-6, 2] and He-initialised weights, as the VampPrior code")
     epochs: PositiveInt = 25
@@ -191,6 +195,11 @@ class EvaluateConfig(_Section):
     probe_images: int = Field(5000, ge=10, description="training images the probe fits on")
     silhouette_images: int = Field(2000, ge=10, description="test latents in the silhouette")
     diversity_images: int = Field(500, ge=2, description="images in each diversity mean")
+    # model -> K: the literature's test NLL (5000 there), only where it is asked for
+    nll_samples: dict[str, NonNegativeInt] = Field(
+        default_factory=lambda: {"mlp": 0, "conv": 0},
+        description="per model, K importance samples of the test NLL of its best checkpoint "
+                    "over the whole test set; 0: not computed")
     batch_size: int = Field(250, ge=1, description="images per encoder/decoder/feature call")
 
 
@@ -214,7 +223,7 @@ class Params(_Section):
 # pydantic's error types -> what the value must be; the JSON schema's bounds as written here
 _KINDS = {"int_type": "an integer", "float_type": "a number", "finite_number": "a finite number",
           "bool_type": "true or false", "string_type": "a string",
-          "model_type": "a mapping of keys"}
+          "model_type": "a mapping of keys", "dict_type": "a mapping of keys"}
 _BOUNDS = {"exclusiveMinimum": ">", "minimum": ">=", "exclusiveMaximum": "<", "maximum": "<="}
 
 
@@ -222,7 +231,9 @@ def _schema(loc: tuple) -> dict:
     """The JSON schema of the section, key or list item at ``loc`` of :class:`Params`."""
     root = schema = Params.model_json_schema()
     for part in loc:
-        schema = schema["items"] if isinstance(part, int) else schema["properties"][part]
+        schema = (schema["items"] if isinstance(part, int) else
+                  schema["properties"][part] if "properties" in schema else
+                  schema["additionalProperties"])
         schema = root["$defs"].get(schema.get("$ref", "").rsplit("/", 1)[-1], schema)
     return schema
 

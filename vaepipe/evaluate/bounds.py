@@ -24,32 +24,22 @@ def iwae_bound(model: VAE, images: torch.Tensor, k: int, batch: int,
                pixels: str = "levels") -> tuple[np.ndarray, np.ndarray]:
     """Importance-weighted bound (Burda et al. 2015) on -log p(x) of each image, in nats.
 
-    For each image, K latents z_k = mu + sigma * eps_k from q(z | x) give log-weights
-    log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) (the model's prior, and its
-    likelihood unless ``likelihood`` scores the decoder's output instead), and
+    For each image, K latents z_k from q(z | x) give log-weights
+    log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) (:meth:`VAE.log_weights`: the
+    model's prior and levels, and its likelihood unless ``likelihood`` scores the decoder's
+    output instead), and
     -log p(x) <= -log (1/K sum_k w_k), computed with log-sum-exp. The decoder runs once per
     ``batch`` images on all their batch * K latents. Returns ``(IWAE bound, Monte-Carlo
     NELBO)`` per image, float64 (N,); the second is -mean_k log w_k, the ordinary ELBO
     estimate on the same noise (with K = 1 the two are equal). ``pixels``: levels, or
     dequantized (one draw per image, shared by its K latents: the bound on log p(y) of that y).
     """
-    log2pi = math.log(2 * math.pi)
     likelihood = likelihood or model.likelihood
 
     def bounds(images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # noise drawn on the CPU generator, then moved: the same on every device
         x = to_unit_float(images_u8.cpu(), pixels, generator).to(images_u8.device)  # (B, C, H, W)
-        mu, logvar = model.encode(x)                     # (B, Z)
-        b, zdim = mu.shape
-        # drawn on the CPU generator, then moved: the same noise on every device
-        eps = torch.randn((b, k, zdim), generator=generator).to(mu.device)  # (B, K, Z)
-        z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
-        out = model.decode(z.reshape(b * k, zdim))       # (B*K, k C, H, W)
-        target = x.repeat_interleave(k, dim=0)
-        log_px = -likelihood.recon_per_sample(out, target).view(b, k)
-        log_pz = model.prior.log_prob(z, model.encode)                       # (B, K)
-        log_qz = -0.5 * (eps.pow(2) + log2pi + logvar[:, None]).sum(-1)     # (B, K)
-        log_w = (log_px + log_pz - log_qz).double()
+        log_w = model.log_weights(x, k, generator, likelihood).double()       # (B, K)
         return math.log(k) - torch.logsumexp(log_w, dim=1), -log_w.mean(dim=1)
 
     with inference(model):

@@ -33,11 +33,12 @@ import torch
 
 from vaepipe.config import EvaluateConfig
 from vaepipe.evaluate.classifier import Classifier, classifier_features
-from vaepipe.evaluate.bounds import elbo_metrics, iwae_metrics, scorings_of
+from vaepipe.evaluate.bounds import elbo_metrics, iwae_bound, iwae_metrics, scorings_of
 from vaepipe.evaluate.measures import (active_units, bce_floor, binary_entropy_per_image,
                                        diversity, frechet_distance, gaussian_stats, kl_per_dim,
                                        knn_radii, precision_recall, probe_accuracy,
-                                       share_standard_error, silhouette, subsample, unit_activity)
+                                       share_standard_error, silhouette, standard_error,
+                                       subsample, unit_activity)
 from vaepipe.models.batches import binarize_eval_splits, decode_mean, encode
 from vaepipe.models.vae import VAE
 
@@ -48,7 +49,7 @@ N_SAVED_FROZEN = 64    # images per frozen-latent condition kept for the figures
 # Offsets added to the run's seed, one generator per purpose: drawing more of one kind of
 # noise (a larger K, more samples, a larger subset) never changes another kind.
 (NOISE_ELBO, NOISE_IWAE, NOISE_PRIOR, NOISE_FROZEN, SUBSET_PROBE, SUBSET_IWAE, SUBSET_TEST,
- SUBSET_VAL, NOISE_PRIOR_REDRAWS) = range(9)
+ SUBSET_VAL, NOISE_PRIOR_REDRAWS, NOISE_TEST_NLL) = range(10)
 
 
 def frozen_key(sigma: float) -> str:
@@ -60,7 +61,7 @@ def frozen_key(sigma: float) -> str:
 METRICS = ("bpd_8bit", "bpd_8bit_se", "bpd_8bit_iwae", "bpd_8bit_iwae_se", "recon", "recon_se",
            "kl", "kl_se", "nelbo", "nelbo_se", "bpd", "bpd_se",
            "nelbo_above_floor", "nelbo_above_floor_se", "iwae_nll", "iwae_nll_se", "iwae_gain",
-           "iwae_gain_se", "active_units", "fid", "fid_se", "precision", "precision_se",
+           "iwae_gain_se", "test_nll", "test_nll_se", "active_units", "fid", "fid_se", "precision", "precision_se",
            "recall", "recall_se", "fid_recon", "probe_accuracy", "probe_accuracy_se",
            "silhouette", "frozen_diversity_prior",
            *(f"frozen_diversity_{frozen_key(s)}" for s in FROZEN_SIGMAS),
@@ -272,14 +273,29 @@ def figure_arrays(model: VAE, ref: Reference, mu: torch.Tensor, logvar: np.ndarr
     }
 
 
+def test_nll(model: VAE, scored: torch.Tensor, scorings: dict, k: int, cfg: EvaluateConfig,
+             seed: int) -> tuple[dict, dict]:
+    """The literature's test NLL: the importance-weighted bound with ``k`` samples on every
+    image of ``scored`` (the test set as the model is scored on it), mean and standard error
+    in nats. The decoder sees as many latents per call as the IWAE gain's
+    (``iwae_batch * iwae_samples``), at least one image's ``k``."""
+    likelihood, pixels = scorings["own"]
+    batch = max(1, cfg.iwae_batch * cfg.iwae_samples // k)
+    start = time.perf_counter()
+    nll, _ = iwae_bound(model, scored, k, batch, _generator(seed, NOISE_TEST_NLL), likelihood,
+                        pixels)
+    return ({"test_nll": float(nll.mean()), "test_nll_se": standard_error(nll)},
+            {"samples": k, "images": len(nll), "seconds": time.perf_counter() - start})
+
+
 def evaluate_checkpoint(model: VAE, ref: Reference, classifier: Classifier | None,
-                        cfg: EvaluateConfig, seed: int, pixels: str = "levels"
-                        ) -> CheckpointResult:
+                        cfg: EvaluateConfig, seed: int, pixels: str = "levels",
+                        nll_samples: int = 0) -> CheckpointResult:
     """Every measure of one VAE checkpoint; the model carries its likelihood and prior,
     ``pixels`` is what it trained on (:func:`vaepipe.train.checkpoints.trained_pixels`): a
     model of binarized pixels is scored on the one fixed binarization of the test set, and
     has no 8-bit rate. Without a ``classifier`` (one class) nothing class-dependent is
-    measured. Every call of the model goes through :func:`vaepipe.models.batches.inference`."""
+    measured. ``nll_samples`` > 0 adds :func:`test_nll` with that many samples. Every call of the model goes through :func:`vaepipe.models.batches.inference`."""
     clock = _Clock()
     binarized = pixels == "binarized"
     scored = ref.test_binary if binarized else ref.test_x
@@ -291,6 +307,11 @@ def evaluate_checkpoint(model: VAE, ref: Reference, classifier: Classifier | Non
         model, scored[ref.iwae_index], scorings, cfg.iwae_samples, cfg.iwae_batch,
         seed * 1000 + NOISE_IWAE, len(ref.iwae_index) == len(ref.test_x), nelbo, rate_nats)
     clock.lap("iwae")
+    if nll_samples:
+        nll, details_nll = test_nll(model, scored, scorings, nll_samples, cfg, seed)
+        iwae.update(nll)
+        iwae_details["test_nll"] = details_nll
+        clock.lap("test_nll")
     latents, details, mu, logvar = latent_metrics(model, ref, classifier, cfg, seed)
     clock.lap("latents")
     if classifier is not None:

@@ -48,8 +48,10 @@ METRIC_ROWS = (
            "Bernoulli model scores dequantized pixels, as it trained; a binarized model one "
            "fixed binarization)."),
     Metric("kl", r"KL(q(z \| x) ‖ p(z)) (nats)", ".2f",
-           "the closed-form Gaussian KL of the same posteriors from the prior, summed over "
-           "latent dimensions."),
+           "the KL of the same posteriors from the prior, summed over latent dimensions: in "
+           "closed form for N(0, I) (unless the model trained with `kl_estimate: "
+           "single_sample`), else log q(z|x) − log p(z) at the seeded posterior draw; a "
+           "two-level model adds z1's KL from p(z1 | z2)."),
     Metric("nelbo", "NELBO (nats)", ".2f", "reconstruction + KL."),
     Metric("bpd", "recipe 000's bits/dim: NELBO / (D ln 2), not a rate", ".4f",
            "NELBO / (pixels × ln 2), as recipe 000 defines it. With the Bernoulli likelihood on "
@@ -63,6 +65,10 @@ METRIC_ROWS = (
            "error combines the NELBO's and the gain's as independent. When the subset is the "
            "whole test set (`-S evaluate.iwae_images=10000`, the literature's protocol with "
            "`evaluate.iwae_samples=5000`), the bound is the IWAE mean itself."),
+    Metric("test_nll", "test NLL, the literature's protocol (nats)", ".2f",
+           "the importance-weighted bound with K = `evaluate.nll_samples` samples (5000 in the "
+           "literature) on every test image, scored on the best checkpoint only where it is "
+           "asked for; `reports/evaluate_details.json` has its K and its time."),
     Metric("iwae_gain", "IWAE gain over the ELBO (nats)", ".2f",
            "the importance-weighted bound (Burda et al. 2015) with K = {k} samples from q(z|x) "
            "(log-sum-exp in float64; the decoder runs on {iwae_batch} × K latents at a time), "
@@ -74,7 +80,7 @@ METRIC_ROWS = (
            "of each dimension is in `reports/evaluate_details.json`."),
     Metric("fid", "FID, prior samples", ".2f",
            "Fréchet distance between Gaussians fitted to the feature classifier's penultimate "
-           "features of {samples:,} prior samples z ~ N(0, I) decoded to the likelihood's mean "
+           "features of {samples:,} prior samples z ~ p(z) (the model's prior) decoded to the likelihood's mean "
            "image (sigmoid(logits) for the Bernoulli), and of all {test_images:,} test images "
            "(`scipy.linalg.sqrtm`, tiny imaginary parts dropped). Not comparable with Inception "
            "FIDs from papers.", classes=True),

@@ -1,10 +1,8 @@
-"""VAE models behind one small interface, and a registry that rebuilds them from checkpoints.
+"""The VAE models and the registry that rebuilds them from params sections and checkpoints.
 
-Every model maps images (B, C, H, W) in [0, 1] to a diagonal Gaussian posterior and decodes
-latents back to what its ``likelihood`` (:mod:`vaepipe.models.likelihoods`) reads: per-pixel
-logits (B, C, H, W), and for the discretized logistic per-pixel log-scales too (B, 2C, H, W).
-Its ``prior`` (:mod:`vaepipe.models.priors`) is p(z). :data:`MODELS` is the one list of model
-kinds: stages, checkpoints and figures read it.
+Every model has the interface of :class:`vaepipe.models.base.VAE`. :data:`MODELS` is the one
+list of model kinds (one-level classes; ``levels: 2`` in a section picks the two-level class
+of :data:`TWO_LEVEL`): stages, checkpoints and figures read it.
 """
 from __future__ import annotations
 
@@ -14,125 +12,11 @@ import math
 import torch
 from torch import nn
 
-from vaepipe.models.likelihoods import Likelihood, make_likelihood, section_likelihood
-from vaepipe.models.priors import Prior, build_prior
-
-
-class VAE(nn.Module):
-    """Base class: ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits``, ``forward``.
-
-    Subclasses set ``kind`` (the registry key, the params section and the models/ folder) and
-    ``title`` (how figures and tables name it), call :meth:`_describe` with their constructor
-    arguments (``image_shape``, ``latent_dim``, the ``likelihood`` that the decoder's output
-    parameterises and the ``prior``), and implement ``encode`` / ``decode``; ``model_args``
-    holds the constructor arguments, so a checkpoint can rebuild the model.
-    """
-
-    kind: str = ""
-    title: str = ""
-    image_shape: tuple[int, int, int]
-    latent_dim: int
-    likelihood: Likelihood
-    prior: Prior
-    model_args: dict
-
-    kl_estimate: str = "closed_form"
-
-    def _describe(self, image_shape, latent_dim: int, likelihood: str | dict, prior: str,
-                  kl_estimate: str = "closed_form", **args) -> None:
-        """Set the attributes every model has and ``model_args`` (lists, as JSON has them).
-        ``kl_estimate``: ``closed_form`` uses the prior's closed-form KL where it has one,
-        ``single_sample`` always the one-draw estimate log q(z | x) - log p(z)."""
-        self.image_shape = tuple(image_shape)
-        self.latent_dim = latent_dim
-        self.likelihood = make_likelihood(likelihood)
-        self.prior = build_prior(prior, latent_dim)
-        self.kl_estimate = kl_estimate
-        self.model_args = {"image_shape": list(image_shape), "latent_dim": latent_dim,
-                           **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
-                           "likelihood": self.likelihood.spec(), "prior": prior,
-                           "kl_estimate": kl_estimate}
-
-    @property
-    def out_channels(self) -> int:
-        """Channels the decoder emits: what the likelihood reads for each image channel."""
-        return self.likelihood.output_channels(self.image_shape[0])
-
-    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """KL(q(z | x) || p(z)) per image under the model's prior, (B,)."""
-        if self.kl_estimate == "single_sample":
-            return Prior.kl(self.prior, mu, logvar, z, self.encode)
-        return self.prior.kl(mu, logvar, z, self.encode)
-
-    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` latents drawn from the prior with ``generator`` (on its device)."""
-        return self.prior.sample(n, generator, self.encode)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = mu + sigma * eps with eps ~ N(0, I); differentiable in mu and logvar."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(decoder output, mu, logvar, z)`` with one posterior draw z per image."""
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
-        return self.decode(z), mu, logvar, z
-
-
-def _activation(name: str, negative_slope: float) -> nn.Module:
-    # In place: the layer before (Linear) keeps its input, not its output, for the backward
-    # pass, so overwriting the output is safe and saves a tensor per layer.
-    if name == "relu":
-        return nn.ReLU(inplace=True)
-    if name == "leaky_relu":
-        return nn.LeakyReLU(negative_slope, inplace=True)
-    raise ValueError(f"activation must be relu or leaky_relu, got {name!r}")
-
-
-class GatedDense(nn.Module):
-    """h = (W x + b) * sigmoid(V x + c) (Dauphin et al. 2017), the VampPrior code's dense layer.
-    W and V are one Linear of twice the width: one matrix product per layer."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.linear = nn.Linear(n_in, 2 * n_out)
-
-    def forward(self, x):
-        h, g = self.linear(x).chunk(2, dim=-1)
-        return h * torch.sigmoid(g)
-
-
-def bounded_logvar(n_in: int, n_out: int) -> nn.Module:
-    """The gated models' log-variance head: linear, then clamped to [-6, 2] (Hardtanh)."""
-    return nn.Sequential(nn.Linear(n_in, n_out), nn.Hardtanh(-6.0, 2.0))
-
-
-def he_init(module: nn.Module) -> None:
-    """Every Linear weight ~ N(0, 2 / fan_in), biases as PyTorch draws them (the VampPrior
-    code's initialisation of its gated models)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.in_features))
-
-
-def dense_stack(widths: list[int], gated: bool, activation: str, negative_slope: float
-                ) -> list[nn.Module]:
-    """Layers from ``widths[0]`` through each later width: gated, or Linear + activation."""
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(widths, widths[1:]):
-        layers += ([GatedDense(n_in, n_out)] if gated else
-                   [nn.Linear(n_in, n_out), _activation(activation, negative_slope)])
-    return layers
+from vaepipe.config import ConfigError, Params, register_check
+from vaepipe.models.base import VAE, bounded_logvar, dense_stack, he_init
+from vaepipe.models.hierarchical import ConvHVAE, MLPHVAE
+from vaepipe.models.likelihoods import section_likelihood
+from vaepipe.models.priors import prior_spec
 
 
 class MLPVAE(VAE):
@@ -148,7 +32,7 @@ class MLPVAE(VAE):
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 32,
                  hidden: tuple[int, ...] = (512, 256), activation: str = "leaky_relu",
                  negative_slope: float = 0.2, likelihood: str | dict = "bernoulli",
-                 prior: str = "standard_normal", kl_estimate: str = "closed_form",
+                 prior: str | dict = "standard_normal", kl_estimate: str = "closed_form",
                  gated: bool = False):
         super().__init__()
         self._describe(image_shape, latent_dim, likelihood, prior, kl_estimate, hidden=hidden,
@@ -196,7 +80,7 @@ class ConvVAE(VAE):
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 16,
                  channels: tuple[int, ...] = (32, 64), likelihood: str | dict = "bernoulli",
-                 prior: str = "standard_normal", kl_estimate: str = "closed_form"):
+                 prior: str | dict = "standard_normal", kl_estimate: str = "closed_form"):
         super().__init__()
         self._describe(image_shape, latent_dim, likelihood, prior, kl_estimate,
                        channels=channels)
@@ -245,6 +129,19 @@ class ConvVAE(VAE):
 
 
 MODELS: dict[str, type[VAE]] = {cls.kind: cls for cls in (MLPVAE, ConvVAE)}
+# the same kinds with two stochastic levels (a section's ``levels: 2``)
+TWO_LEVEL: dict[str, type[VAE]] = {cls.kind: cls for cls in (MLPHVAE, ConvHVAE)}
+
+
+@register_check
+def _check_models(params: Params) -> None:
+    for kind in params.evaluate.nll_samples:
+        if kind not in MODELS:
+            raise ConfigError(f"evaluate.nll_samples has a key {kind!r}; the models are "
+                              f"{', '.join(MODELS)}")
+    if params.conv.gated and params.conv.levels == 1:
+        raise ConfigError("conv.gated: true is the ConvHVAE's gated convolutions: it needs "
+                          "conv.levels: 2 (or set conv.gated: false)")
 
 
 def model_title(kind: str) -> str:
@@ -255,21 +152,29 @@ def model_title(kind: str) -> str:
 def model_args(kind: str, section) -> dict:
     """Constructor arguments (besides ``image_shape``) of model ``kind`` from its params section:
     each argument of the class's ``__init__`` is read from the key of the same name, the
-    likelihood with its own parameters (:func:`~vaepipe.models.likelihoods.section_likelihood`)."""
-    names = [p for p in inspect.signature(_model_class(kind)).parameters if p != "image_shape"]
+    likelihood and the prior with their own parameters
+    (:func:`~vaepipe.models.likelihoods.section_likelihood`,
+    :func:`~vaepipe.models.priors.prior_spec`)."""
+    cls = model_class(kind, section.levels)
+    names = [p for p in inspect.signature(cls).parameters if p != "image_shape"]
     args = {name: getattr(section, name) for name in names}
-    return {**args, "likelihood": section_likelihood(section).spec()}
+    return {**args, "likelihood": section_likelihood(section).spec(),
+            "prior": prior_spec(section)}
 
 
-def _model_class(kind: str) -> type[VAE]:
+def model_class(kind: str, levels: int = 1) -> type[VAE]:
+    """The class of model ``kind`` with ``levels`` stochastic levels."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
-    return MODELS[kind]
+    if levels not in (1, 2):
+        raise ValueError(f"levels must be 1 or 2, got {levels!r}")
+    return MODELS[kind] if levels == 1 else TWO_LEVEL[kind]
 
 
 def build_model(kind: str, **model_args) -> VAE:
-    """Instantiate a registered model kind from its constructor arguments."""
-    return construct(_model_class(kind), model_args)
+    """Instantiate a registered model kind from its constructor arguments (``levels`` among
+    them picks the two-level class)."""
+    return construct(model_class(kind, model_args.get("levels", 1)), model_args)
 
 
 def construct(cls: type[nn.Module], model_args: dict) -> nn.Module:

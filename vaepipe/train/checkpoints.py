@@ -18,7 +18,7 @@ from torch import nn
 from vaepipe.io import atomic_path
 from vaepipe.models.batches import PIXELS
 from vaepipe.models.likelihoods import LIKELIHOODS, make_likelihood
-from vaepipe.models.vae import MODELS, construct
+from vaepipe.models.vae import MODELS, construct, model_class
 
 CHECKPOINT_FORMAT = 1
 # what fit writes per model: after the first epoch, at the best validation loss, at the end
@@ -73,19 +73,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: holds a {ckpt.get('kind')!r} network; expected "
                               f"{' or '.join(map(repr, kinds))}")
     try:
+        cls = kinds[ckpt["kind"]]
         if kinds is MODELS:
             ckpt["model_args"] = _upgraded_args(ckpt)
+            cls = model_class(ckpt["kind"], ckpt["model_args"].get("levels", 1))
         # first with no memory (the meta device): the weights must fit the arguments before a
         # real model of them is built, so no file can make this allocate more than it holds
         with torch.device("meta"):
-            skeleton = construct(kinds[ckpt["kind"]], ckpt["model_args"])
+            skeleton = construct(cls, ckpt["model_args"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model ({exc})") from None
     reason = _shape_mismatch(skeleton, ckpt.get("state_dict"))
     if reason:
         raise CheckpointError(f"{path}: weights do not fit a {ckpt['kind']} model with "
                               f"{ckpt['model_args']} ({reason})")
-    model = construct(kinds[ckpt["kind"]], ckpt["model_args"])
+    model = construct(cls, ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError) as exc:
