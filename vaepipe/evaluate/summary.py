@@ -213,15 +213,15 @@ def model_tables(results: dict, latent_dims: dict) -> list[str]:
 
 
 def frozen_table(results: dict, skipped: str | None) -> list[str]:
-    """Recipe 002's frozen latents: diversity (and FID) per sigma beside the N(0, I) baseline."""
+    """Recipe 002's frozen latents: diversity (and FID) per sigma beside the prior's baseline."""
     sigmas = [frozen_key(s) for s in FROZEN_SIGMAS]
     measured = "diversity (mean pairwise L2 distance, pixels in [0, 1])" + \
         ("" if skipped else " / FID")
     out = ["### Frozen latents (recipe 002, section 9)", "",
-           f"Images decoded from z = sigma * eps (mu frozen at 0) beside the N(0, I) baseline: "
+           f"Images decoded from z = sigma * eps (mu frozen at 0) beside the prior's baseline: "
            f"{measured}.", "",
-           "| model | checkpoint | N(0, I) | " + " | ".join(f"sigma {s:g}" for s in FROZEN_SIGMAS)
-           + " |", "|---|---|---:|" + "---:|" * len(sigmas)]
+           "| model | checkpoint | prior p(z) | "
+           + " | ".join(f"sigma {s:g}" for s in FROZEN_SIGMAS) + " |", "|---|---|---:|" + "---:|" * len(sigmas)]
     for kind, by_ckpt in results.items():
         for ckpt, m in by_ckpt.items():
             pairs = [("frozen_diversity_prior", "fid")]

@@ -84,7 +84,9 @@ class ModelRun:
 
     @property
     def title(self) -> str:
-        return model_title(self.name)
+        """The model's class title ("MLP HVAE" for two levels), else the kind's."""
+        best = self.decoders.get("best")
+        return best.title if best is not None else model_title(self.name)
 
     def label(self, checkpoint: str) -> str:
         epoch = self.epochs.get(checkpoint)
@@ -149,8 +151,16 @@ class FigurePlan:
     def path(self, name: str) -> Path:
         return self.out / f"{self.run.name}_{name}.png"
 
+    @property
+    def standard_prior(self) -> bool:
+        """Whether every latent dimension of the prior is N(0, 1)."""
+        return self.run.decoders["best"].prior.standard_marginals
+
     def entry(self, path: Path, title: str, caption: str, headline: bool = False) -> FigureEntry:
         group = self.run.title
+        if getattr(self.run.decoders["best"], "levels", 1) == 2:
+            caption += (" Two stochastic levels: the latents shown are the top level z2, "
+                        "q(z2 | x); images decode z2 through the mean of p(z1 | z2).")
         return FigureEntry(path, group, f"{group}: {title}" if headline else title, caption,
                            headline)
 
@@ -276,9 +286,14 @@ def draw_kl_per_dim(plan: FigurePlan) -> FigureEntry:
                            ACTIVE_THRESHOLD)
     z_dim = plan.ev["best"]["mu"].shape[1]
     counts = " -> ".join(f"{int(plan.latent_use[c][1].sum())}/{z_dim}" for c in COMPARED)
+    against = "" if plan.standard_prior else (
+        f" Measured against N(0, 1), not the model's {plan.prior_title}: a mixture prior has "
+        f"no KL per dimension (the model's whole KL is in the evaluation), so this shows how "
+        f"far each dimension's posterior is from a unit Gaussian; active units depend on the "
+        f"encoder only.")
     return plan.entry(path, "KL per latent dimension",
                       f"Mean KL(q(z_u|x) || N(0, 1)) of each dimension over the test set; "
-                      f"active units (Var_x(mu_u) > {ACTIVE_THRESHOLD:g}) {counts}.")
+                      f"active units (Var_x(mu_u) > {ACTIVE_THRESHOLD:g}) {counts}.{against}")
 
 
 def draw_posterior(plan: FigurePlan) -> FigureEntry:
@@ -291,11 +306,15 @@ def draw_posterior(plan: FigurePlan) -> FigureEntry:
     prior = best.prior.pooled_draws(20_000, plan.seed, best.encode)
     path = plan.path("posterior")
     plots.posterior_histograms(panels, prior, path, f"{plan.run.title}: encoder outputs over "
-                               "the test set and the prior")
+                               "the test set and the prior", plan.prior_title)
+    beside = ("the N(0, 1) prior; inactive dimensions sit at mu = 0, sigma = 1" if
+              plan.standard_prior else
+              f"draws of the model's {plan.prior_title} pooled over its dimensions, and the "
+              f"N(0, 1) density for reference")
     return plan.entry(path, "Posterior at a glance",
                       "Histograms over all test images and latent dimensions of the encoder's "
-                      "mu, sigma and one reparameterized sample z = mu + sigma * eps, beside "
-                      "the N(0, 1) prior; inactive dimensions sit at mu = 0, sigma = 1.")
+                      f"mu, sigma and one reparameterized sample z = mu + sigma * eps, beside "
+                      f"{beside}.")
 
 
 def draw_frozen_latents(plan: FigurePlan) -> FigureEntry:
@@ -304,7 +323,7 @@ def draw_frozen_latents(plan: FigurePlan) -> FigureEntry:
     path = plan.path("frozen_latents")
     grids.frozen_latents(best["frozen"], best["frozen_sigmas"].tolist(), path,
                          f"{plan.run.title}, {plan.labels['best']}: samples with the latent "
-                         f"frozen at mu = 0 and a fixed sigma")
+                         f"frozen at mu = 0 and a fixed sigma", prior_title=plan.prior_title)
     return plan.entry(path, "Frozen latent parameters",
                       f"Recipe 002's experiment on the best checkpoint: z ~ {plan.prior_title} "
                       "beside "

@@ -240,12 +240,12 @@ def traversals(grids: Mapping[str, np.ndarray], values: Sequence[float],
 
 
 def frozen_latents(frozen: np.ndarray, sigmas: Sequence[float], path: str | Path,
-                   title: str, side: int = 8) -> Path:
-    """Recipe 002's frozen-latent grids: the N(0, I) baseline, then mu = 0 with each sigma.
+                   title: str, side: int = 8, prior_title: str = "N(0, I)") -> Path:
+    """Recipe 002's frozen-latent grids: the prior's baseline, then mu = 0 with each sigma.
 
     ``frozen`` is (1 + len(sigmas), n, C, H, W); each condition becomes a side x side panel.
     """
-    names = ["baseline z ~ N(0, I)", *[f"mu = 0, sigma = {s:g}" for s in sigmas]]
+    names = [f"baseline z ~ {prior_title}", *[f"mu = 0, sigma = {s:g}" for s in sigmas]]
     if len(frozen) != len(names):
         raise ValueError(f"frozen has {len(frozen)} conditions, sigmas give {len(names)}")
     panels = [Panel(as_grid(images[:side * side], side), title=name)

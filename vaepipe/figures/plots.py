@@ -174,11 +174,13 @@ def _density(values: np.ndarray, bins: np.ndarray, total: int) -> np.ndarray:
 
 def posterior_histograms(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray,
                                                      np.ndarray]],
-                         prior_samples: np.ndarray, path: str | Path, title: str) -> Path:
+                         prior_samples: np.ndarray, path: str | Path, title: str,
+                         prior_title: str = "N(0, I)") -> Path:
     """Recipe 004's reparameterization figure on real encoder outputs, a row per checkpoint.
 
     ``panels`` maps a row title to ``(mu (N, Z), sigma (N, Z), z (N, Z), active (Z,))``. The
-    first column shows samples of the prior N(0, 1); the others histograms over all test
+    first column shows samples of the prior (``prior_title``; pooled over its dimensions), with
+    the N(0, 1) density for reference; the others histograms over all test
     images and dimensions of mu, sigma and z = mu + sigma * eps (active dimensions in colour,
     inactive ones stacked on top in grey), with the prior's density or sigma for reference.
     """
@@ -194,7 +196,8 @@ def posterior_histograms(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.n
         row[0].stairs(_density(prior_samples, bins, np.size(prior_samples)), bins, fill=True,
                       color="0.6", label="samples")
         row[0].plot(grid, pdf, color="k", lw=1.2, label="N(0, 1)")
-        row[0].set_title(f"{name}\nprior p(z) = N(0, 1)", fontsize=9)
+        shown = "N(0, 1)" if prior_title == "N(0, I)" else f"{prior_title}, pooled"
+        row[0].set_title(f"{name}\nprior p(z) = {shown}", fontsize=9)
         row[0].set_xlabel("z")
         for ax, values, label, lo_hi in ((row[1], mu, "mu", (-4, 4)),
                                          (row[2], sigma, "sigma", (0, 1.6)),
