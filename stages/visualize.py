@@ -14,6 +14,7 @@ import csv
 import sys
 import time
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -22,11 +23,12 @@ from vaepipe.config import ConfigError, load_params
 from vaepipe.data.arrays import load_split, read_class_names
 from vaepipe.data.baselines import read_baselines
 from vaepipe.data.catalog import DataFormatError
-from vaepipe.data.names import dataset_label
-from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models, draw_overview,
+from vaepipe.data.names import dataset_label, figure_text
+from vaepipe.figures import grids, plots
+from vaepipe.figures.gallery import (COMPARED, InputError, ModelRun, draw_models,
                                      load_evaluation)
-from vaepipe.figures.report import (RunInfo, build_markdown, changed_params, git_revision,
-                                    markdown_to_html, pipeline_files)
+from vaepipe.figures.report import (FigureEntry, RunInfo, build_markdown, changed_params,
+                                    git_revision, markdown_to_html, pipeline_files)
 from vaepipe.io import OutputPathError, check_output, json_at, read_json, write_text
 from vaepipe.models.vae import MODELS, model_title
 from vaepipe.train.checkpoints import CheckpointError, load_checkpoint
@@ -104,6 +106,28 @@ def model_runs(args: argparse.Namespace, metrics: dict, test_y: np.ndarray) -> l
             sample_sides=SAMPLE_SIDES.get(m, ModelRun.sample_sides)),
             train, loaded["best"][1]))
     return runs
+
+
+def draw_overview(histories: Mapping[str, Mapping[str, np.ndarray]], train_images: np.ndarray,
+                  train_labels: np.ndarray, class_names: Sequence[str], dataset: str,
+                  out_dir: str | Path) -> list[FigureEntry]:
+    """Figures about the data and both models together: training images, validation NELBO."""
+    out = Path(out_dir)
+    drawn = []
+    path = out / "training_images.png"
+    grids.class_examples(train_images.astype(np.float32) / 255.0, train_labels, class_names,
+                           path, f"{figure_text(dataset)}: training images, one row per class")
+    drawn.append(FigureEntry(path, "Data and training", "Training images",
+                             "Eight training images of each class with the class name "
+                             "(recipe 002's sanity check of the loaded data)."))
+    if histories:
+        path = out / "val_nelbo.png"
+        plots.validation_nelbo(
+            {model_title(m): (h["epoch"], h["val_nelbo"]) for m, h in histories.items()},
+            path, "Validation NELBO per epoch")
+        drawn.append(FigureEntry(path, "Data and training", "Validation NELBO",
+                                 "Validation NELBO (KL weight 1) of both models per epoch."))
+    return drawn
 
 
 def main(argv=None) -> int:

@@ -394,25 +394,3 @@ def draw_models(runs: Sequence[ModelRun], test_images: np.ndarray, test_labels: 
             entries += draw_model(run, test_images, test_labels, class_names, cfg, seed, out_dir,
                                   tsne={c: futures[(run.name, c)].result for c in COMPARED})
     return entries
-
-
-def draw_overview(histories: Mapping[str, Mapping[str, np.ndarray]], train_images: np.ndarray,
-                  train_labels: np.ndarray, class_names: Sequence[str], dataset: str,
-                  out_dir: str | Path) -> list[FigureEntry]:
-    """Figures about the data and both models together: training images, validation NELBO."""
-    out = Path(out_dir)
-    drawn = []
-    path = out / "training_images.png"
-    grids.class_examples(train_images.astype(np.float32) / 255.0, train_labels, class_names,
-                           path, f"{figure_text(dataset)}: training images, one row per class")
-    drawn.append(FigureEntry(path, "Data and training", "Training images",
-                             "Eight training images of each class with the class name "
-                             "(recipe 002's sanity check of the loaded data)."))
-    if histories:
-        path = out / "val_nelbo.png"
-        plots.validation_nelbo(
-            {model_title(m): (h["epoch"], h["val_nelbo"]) for m, h in histories.items()},
-            path, "Validation NELBO per epoch")
-        drawn.append(FigureEntry(path, "Data and training", "Validation NELBO",
-                                 "Validation NELBO (KL weight 1) of both models per epoch."))
-    return drawn
