@@ -72,13 +72,14 @@ def main(argv=None) -> int:
         done: dict = {}
         for name, (model, ckpt) in by_ckpt.items():
             # the same weights (best.pt is final.pt when the last epoch is best) see the same
-            # seeded noise, so their numbers are equal: computed once
-            twin = next((other for other in done if same_weights(by_ckpt[other][0], model)), None)
+            # seeded noise, so their numbers are equal: computed once; the literature's test
+            # NLL where asked for, on the best checkpoint only
+            k = cfg.nll_samples.get(kind, 0) if name == "best" else 0
+            twin = next((other for other in done if same_weights(by_ckpt[other][0], model)
+                         and (not k or "test_nll" in done[other].metrics)), None)
             if twin is not None:
                 result = done[twin]
             else:
-                # the literature's test NLL where asked for, on the best checkpoint only
-                k = cfg.nll_samples.get(kind, 0) if name == "best" else 0
                 result = evaluate_checkpoint(model, ref, classifier, cfg, seed,
                                              trained_pixels(ckpt), k)
                 done[name] = result
