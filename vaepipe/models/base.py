@@ -64,8 +64,10 @@ class VAE(nn.Module):
         return self.prior.kl(mu, logvar, z, self.encode)
 
     def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` latents drawn from the prior with ``generator`` (on its device)."""
-        return self.prior.sample(n, generator, self.encode)
+        """``n`` latents drawn from the prior with ``generator`` (on its device), without
+        gradients (a learned prior runs the encoder to draw)."""
+        with torch.no_grad():
+            return self.prior.sample(n, generator, self.encode)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
