@@ -71,6 +71,13 @@ def test_prior_grid_has_the_model_shape_and_the_seed_fixes_the_bytes(checkpoints
     assert run(checkpoints["colour"], "prior", "--n", 8, "--out", colour) == 0
     with Image.open(colour) as im:
         assert im.mode == "RGB" and im.size == grid_size(1, 8, 32, 32)
+    # a learned prior and two levels: z2 from the VampPrior, decoded through p(z1 | z2)
+    hvae = build_model("mlp", image_shape=(1, 28, 28), latent_dim=3, hidden=(16,), levels=2,
+                       prior={"name": "vampprior", "pseudo_inputs": 4})
+    save_checkpoint(tmp_path / "hvae.pt", hvae, {"epoch": 1, "metrics": {}})
+    assert run(tmp_path / "hvae.pt", "prior", "--n", 8, "--out", tmp_path / "hvae.png") == 0
+    with Image.open(tmp_path / "hvae.png") as im:
+        assert im.mode == "L" and im.size == grid_size(1, 8, 28, 28)
 
 
 def test_reconstruct_encode_and_interpolate_read_files_and_folders(checkpoints, pictures,
