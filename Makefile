@@ -84,8 +84,8 @@ protocol = -S $(1).gated=true -S $(1).latent_dim=40 -S $(1).kl_estimate=single_s
 	-S $(1).optimizer=adamnormgrad -S $(1).lr=0.0005 -S $(1).batch_size=100 \
 	-S $(1).kl_schedule=linear -S $(1).warmup_epochs=100 -S $(1).epochs=2000 \
 	-S $(1).patience=50 -S $(1).pseudo_inputs=500 -S evaluate.nll_samples.$(1)=5000
-MLP_ROW  := $(PROTOCOL_DATA) $(call protocol,mlp) -S mlp.hidden=[300,300]
-CONV_ROW := $(PROTOCOL_DATA) $(call protocol,conv) -S conv.channels=[32,64] -S conv.levels=2
+MLP_ROW  := $(PROTOCOL_DATA) $(call protocol,mlp) -S 'mlp.hidden=[300,300]'
+CONV_ROW := $(PROTOCOL_DATA) $(call protocol,conv) -S 'conv.channels=[32,64]' -S conv.levels=2
 ROW_vae-gaussian        := $(MLP_ROW)
 ROW_vae-vampprior       := $(MLP_ROW) -S mlp.prior=vampprior
 ROW_hvae-gaussian       := $(MLP_ROW) -S mlp.levels=2

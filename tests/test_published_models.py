@@ -305,3 +305,47 @@ def test_each_published_option_runs_as_an_experiment(tiny_repro, settings, model
     assert ckpt["optimizer"]["class"] == "AdamNormGrad"
     manifest, = project.root.glob("data/processed/*/manifest.json")
     assert json.loads(manifest.read_text())["params"]["split_order"] == "file"
+
+
+ROWS = ("vae-gaussian", "vae-vampprior", "hvae-gaussian", "hvae-vampprior",
+        "convhvae-gaussian", "convhvae-vampprior")
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_each_published_rows_command_sets_the_protocol(row, tmp_path):
+    import shlex
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from dvc.utils.hydra import apply_overrides
+
+    from vaepipe.config import load_params
+
+    root = Path(__file__).resolve().parent.parent
+    line = subprocess.run(["make", "-s", "-n", "-C", str(root), "published", f"ROW={row}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    words = shlex.split(line.splitlines()[-1])
+    assert words[words.index("dvc"):][:5] == ["dvc", "exp", "run", "-n", f"fmnist-{row}"]
+    overrides = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
+    params = tmp_path / "params.yaml"
+    shutil.copy(root / "params.yaml", params)
+    apply_overrides(str(params), overrides)         # what `dvc exp run -S` does to the file
+    p = load_params(params)
+    kind = "conv" if row.startswith("conv") else "mlp"
+    section = getattr(p, kind)
+    assert (p.data.split_order, p.data.binarize, p.data.binarize_seed) == ("file", "dynamic", 777)
+    assert int(60000 * p.data.val_fraction) == 10000
+    assert (section.gated, section.latent_dim, section.kl_estimate, section.optimizer,
+            section.lr, section.batch_size, section.kl_schedule, section.warmup_epochs,
+            section.epochs, section.patience) == (True, 40, "single_sample", "adamnormgrad",
+                                                  0.0005, 100, "linear", 100, 2000, 50)
+    assert section.levels == (1 if row.startswith("vae") else 2)
+    assert section.prior == ("vampprior" if row.endswith("vampprior") else "standard_normal")
+    assert section.pseudo_inputs == 500
+    assert p.evaluate.nll_samples == {"mlp": 0, "conv": 0, kind: 5000}
+    if kind == "mlp":
+        assert section.hidden == (300, 300)
+    wrong = subprocess.run(["make", "-s", "-n", "-C", str(root), "published", "ROW=vae"],
+                           capture_output=True, text=True)
+    assert wrong.returncode != 0 and "ROW must be one of: vae-gaussian" in wrong.stderr
