@@ -252,6 +252,13 @@ def test_the_seed_777_binarization_is_the_vampprior_codes_draw():
     # without a seed: the pipeline's own draw, one per split, as before
     other_val, _ = binarize_eval_splits(val, test)
     assert not (other_val == got_val).all()
+    # the evaluate stage scores a binarized model on exactly these test bits
+    from vaepipe.config import EvaluateConfig
+    from vaepipe.evaluate.evaluation import build_reference
+    labels = {n: np.zeros(n, np.int64) for n in (30, 20)}
+    ref = build_reference((val, labels[30]), (val, labels[30]), (test, labels[20]), None,
+                          EvaluateConfig(), 0, torch.device("cpu"), binarize_seed=777)
+    assert (ref.test_binary.numpy() == got_test).all()
 
 
 def test_protocol_keys_are_checked_before_any_work():

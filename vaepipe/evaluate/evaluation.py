@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -105,7 +106,6 @@ class Reference:
     probe_y: np.ndarray
     iwae_index: torch.Tensor    # int64, a seeded subset of the test set (the IWAE gain's)
     test_floor: np.ndarray      # float64 (N,): each test image's BCE floor
-    test_binary: torch.Tensor   # uint8 0 / 255: the one fixed binarization of the test set
     # the classifier's features; all None when the data has one class (no classifier)
     test_features: np.ndarray | None  # (N, F)
     test_stats: tuple[np.ndarray, np.ndarray] | None
@@ -113,6 +113,17 @@ class Reference:
     pr_real: np.ndarray | None  # features of those test images
     pr_radii: torch.Tensor | None  # their k-NN radii (precision/recall), computed once
     numbers: dict = field(default_factory=dict)  # the report's `reference` block
+    val_x: np.ndarray | None = None   # uint8, the validation split (its binarization comes first)
+    binarize_seed: int | None = None  # data.binarize_seed
+
+    @cached_property
+    def test_binary(self) -> torch.Tensor:
+        """The one fixed binarization of the test set (uint8 0 / 255), for models of binarized
+        pixels; drawn when first asked for (:func:`binarize_eval_splits`)."""
+        test = self.test_x.cpu().numpy()
+        val = self.val_x if self.val_x is not None else test[:0]
+        return torch.as_tensor(binarize_eval_splits(val, test, self.binarize_seed)[1]
+                               ).to(self.test_x.device)
 
 
 def _subset(n: int, size: int, seed: int, offset: int) -> np.ndarray:
@@ -154,10 +165,8 @@ def build_reference(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
                    real_images=len(real), test_images=len(test_x))
     return Reference(test_x, test[1], torch.as_tensor(train[0][probe]).to(device),
                      train[1][probe], torch.as_tensor(iwae).to(device),
-                     binary_entropy_per_image(test[0]),
-                     torch.as_tensor(binarize_eval_splits(val[0], test[0], binarize_seed)[1]
-                                     ).to(device), test_features, test_stats,
-                     torch.as_tensor(pr), pr_real, pr_radii, numbers)
+                     binary_entropy_per_image(test[0]), test_features, test_stats,
+                     torch.as_tensor(pr), pr_real, pr_radii, numbers, val[0], binarize_seed)
 
 
 # --------------------------------------------------------------------------------------------
