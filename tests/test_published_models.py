@@ -75,6 +75,21 @@ def test_one_pseudo_input_is_that_one_gaussian_and_samples_follow_the_mixture():
                                q - model.prior.log_prob(q_z, model.encode))
 
 
+def test_a_batchnorm_encoder_encodes_the_pseudo_inputs_with_its_running_statistics():
+    torch.manual_seed(6)
+    model = build_model("conv", image_shape=(1, 28, 28), latent_dim=3, channels=(4, 8),
+                        prior={"name": "vampprior", "pseudo_inputs": 5}).train()
+    norm = model.encoder[1]
+    before = norm.running_mean.clone()
+    z = torch.randn(4, 3)
+    log_p = model.prior.log_prob(z, model.encode)
+    assert torch.equal(norm.running_mean, before) and norm.training   # untouched, mode kept
+    with torch.no_grad():
+        assert torch.allclose(model.eval().prior.log_prob(z, model.encode), log_p)
+    model.train()(torch.rand(6, 1, 28, 28))                           # a data batch does move them
+    assert not torch.equal(norm.running_mean, before)
+
+
 def test_the_single_sample_kl_averages_to_the_closed_form_under_n01():
     torch.manual_seed(2)
     mu, logvar = torch.randn(1, 4) * 0.8, torch.randn(1, 4) * 0.5

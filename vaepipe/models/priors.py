@@ -123,8 +123,20 @@ class VampPrior(Prior):
         return nn.functional.hardtanh(self.raw_inputs, 0.0, 1.0)
 
     def components(self, encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mixture's means and log-variances, each (K, Z)."""
-        return encoder(self.inputs())
+        """The mixture's means and log-variances, each (K, Z). An encoder with BatchNorm
+        encodes the pseudo-inputs with its running statistics (eval mode): they neither enter
+        the statistics the data's batches keep nor depend on the batch they come with."""
+        model = getattr(encoder, "__self__", None)
+        norms = [] if not isinstance(model, nn.Module) else [
+            m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        for m in norms:
+            m.eval()
+        try:
+            return encoder(self.inputs())
+        finally:
+            for m in norms:
+                m.train()
 
     def sample(self, n, generator, encoder):
         mu, logvar = self.components(encoder)
