@@ -189,7 +189,8 @@ def test_models_and_the_classifier_build_for_every_size(size, channels, convs):
 def test_a_checkpoint_records_a_folders_keys_only_when_the_data_is_a_folder():
     named = training_data(parse_params({"data": {"image_size": 64, "path": "data/images/x"}}).data)
     assert named == {"dataset": "fashion-mnist", "val_fraction": 0.1, "split_seed": 42,
-                     "dequantize": False, "binarize": "none"}
+                     "split_order": "seeded", "dequantize": False, "binarize": "none",
+                     "binarize_seed": None}
     folder = training_data(parse_params({"data": {"dataset": "folder", "path": "data/images/x",
                                                   "channels": 1}}).data)
     assert folder == {**named, "dataset": "folder", "path": "data/images/x", "image_size": 32,

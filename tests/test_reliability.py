@@ -170,7 +170,8 @@ SCHEMA_CASES = [
     case("mlp-activation-unknown", "mlp.activation", "gelu", "train-mlp",
          "mlp.activation must be one of relu, leaky_relu; got 'gelu'"),
     case("mlp-key-misspelt", "mlp.latnt_dim", 4, "train-mlp",
-         "unknown key mlp.latnt_dim; allowed keys in mlp: likelihood, obs_std, prior, epochs"),
+         "unknown key mlp.latnt_dim; allowed keys in mlp: likelihood, obs_std, prior, "
+         "pseudo_inputs, kl_estimate, levels, gated, epochs"),
     case("conv-batch-size-0", "conv.batch_size", 0, "train-conv",
          "conv.batch_size must be >= 1, got 0"),
     case("conv-lr-negative", "conv.lr", -0.001, "train-conv",
