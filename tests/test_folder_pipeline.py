@@ -72,9 +72,9 @@ def test_a_colour_folder_runs_every_stage_and_reruns_only_what_an_image_changes(
         model, ckpt = load_checkpoint(project.root / f"models/{kind}/best.pt")
         assert model.image_shape == (3, 32, 32)
         assert ckpt["params"]["data"] == {
-            "dataset": "folder", "val_fraction": 0.1, "split_seed": 42, "dequantize": False,
-            "binarize": "none", "path": SHAPES, "image_size": 32, "channels": "auto",
-            "test_fraction": 0.2}
+            "dataset": "folder", "val_fraction": 0.1, "split_seed": 42, "split_order": "seeded",
+            "dequantize": False, "binarize": "none", "binarize_seed": None, "path": SHAPES,
+            "image_size": 32, "channels": "auto", "test_fraction": 0.2}
     evaluation = project.read_json("reports/evaluate.json")
     assert np.isfinite(evaluation["conv"]["best"]["fid"])
     assert project.read_json("reports/classifier.json")["test_accuracy"] >= 0.0

@@ -73,7 +73,7 @@ def test_recipe_003_cifar10_conv(dvc_project):
     assert conv["model_args"] == {"image_shape": [3, 32, 32], "latent_dim": 128,
                                   "channels": [96, 192, 384],
                                   "likelihood": {"name": "gaussian", "obs_std": 1.0},
-                                  "prior": "standard_normal"}
+                                  "prior": "standard_normal", "kl_estimate": "closed_form"}
     assert conv["state_dict"]["encoder.6.weight"].shape == (384, 192, 3, 3)
     assert conv["optimizer"]["class"] == "AdamW"
     assert conv["optimizer"]["weight_decay"] == pytest.approx(1e-5)
