@@ -181,3 +181,9 @@ def test_a_queued_seed_grid_through_real_dvc(tiny_repro):
     table = out.split(f"### `{METRIC}`", 1)[1]
     assert len(re.findall(r"^\| [AB] \| [23] \|", table, re.M)) == 2, out
     project.dvc("queue", "stop", check=False)
+
+
+def test_the_protocols_test_nll_and_the_training_stop_are_read_the_right_way():
+    assert compare.direction("mlp.best.test_nll") == -1        # lower is better, as the bound
+    assert compare.direction("conv.best.test_nll") == -1
+    assert compare.direction("mlp.best.iwae_nll") == -1

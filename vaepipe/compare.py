@@ -40,7 +40,7 @@ DEFAULT_METRICS = ("mlp.best.bpd_8bit", "conv.best.bpd_8bit", "mlp.best.nelbo",
 ALPHA = 0.05
 # the direction of "better" by a metric's last name: -1 lower is better, +1 higher is better
 LOWER = {"recon", "nelbo", "bpd", "bpd_8bit", "bpd_8bit_iwae", "nelbo_above_floor", "iwae_nll",
-         "fid", "fid_recon", "best_val_loss", "best_val_nelbo", "best_val_recon",
+         "test_nll", "fid", "fid_recon", "best_val_loss", "best_val_nelbo", "best_val_recon",
          "final_val_nelbo", "test_recon", "test_nelbo"}
 HIGHER = {"precision", "recall", "probe_accuracy", "silhouette", "test_accuracy",
           "val_accuracy", "active_units", "test_probe_accuracy"}
