@@ -183,7 +183,7 @@ def test_a_queued_seed_grid_through_real_dvc(tiny_repro):
     project.dvc("queue", "stop", check=False)
 
 
-def test_the_protocols_test_nll_and_the_training_stop_are_read_the_right_way():
+def test_the_protocols_test_nll_is_lower_is_better():
     assert compare.direction("mlp.best.test_nll") == -1        # lower is better, as the bound
     assert compare.direction("conv.best.test_nll") == -1
     assert compare.direction("mlp.best.iwae_nll") == -1
