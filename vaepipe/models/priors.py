@@ -27,7 +27,7 @@ Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
-    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+    return (-0.5 * (((z - mu).pow(2) / logvar.exp()) + logvar + math.log(2 * math.pi))).sum(-1)
 
 
 class Prior(nn.Module):
