@@ -105,7 +105,7 @@ def main(argv=None) -> int:
            {**clf_ckpt["metrics"], **clf_ckpt["model_args"], "epochs": clf_ckpt["epochs"]})
     # a two-level model's latent measures are its top level's
     dims = {kind: (f"{m.latent_dim} per level, 2 levels; latent measures of z2"
-                   if getattr(m, "levels", 1) == 2 else m.latent_dim)
+                   if m.levels == 2 else m.latent_dim)
             for kind, by_ckpt in models.items() for m in [by_ckpt["best"][0]]}
     likelihoods = {kind: by_ckpt["best"][0].likelihood for kind, by_ckpt in models.items()}
     summary = summary_markdown({k: metrics[k] for k in MODELS}, ref.numbers, clf, cfg, seed,

@@ -158,7 +158,7 @@ class FigurePlan:
 
     def entry(self, path: Path, title: str, caption: str, headline: bool = False) -> FigureEntry:
         group = self.run.title
-        if getattr(self.run.decoders["best"], "levels", 1) == 2:
+        if self.run.decoders["best"].levels == 2:
             caption += (" Two stochastic levels: the latents shown are the top level z2, "
                         "q(z2 | x); images decode z2 through the mean of p(z1 | z2).")
         return FigureEntry(path, group, f"{group}: {title}" if headline else title, caption,

@@ -36,6 +36,7 @@ class VAE(nn.Module):
     model_args: dict
 
     kl_estimate: str = "closed_form"
+    levels: int = 1  # stochastic levels; a two-level model's latent measures are its top one's
 
     def _describe(self, image_shape, latent_dim: int, likelihood: str | dict, prior: str | dict,
                   kl_estimate: str = "closed_form", **args) -> None:
